@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Both create (or refresh, when pyproject.toml changes) the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and only when the venv has none: this is the build the project
+# is tested with, and pyproject.toml's ranges then keep it (no second multi-GB download).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv demo test test-all lab lint format clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(PY) -m interlab quickstart
+
+test: venv
+	$(PY) -m pytest
+
+test-all: venv
+	$(PY) -m pytest -m "not gpu"
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: venv
+	$(VENV)/bin/ruff check interlab tests benchmarks
+	$(VENV)/bin/ruff format --check interlab tests benchmarks
+
+format: venv
+	$(VENV)/bin/ruff format interlab tests benchmarks
+	$(VENV)/bin/ruff check --fix interlab tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

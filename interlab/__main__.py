@@ -1,0 +1,3 @@
+from interlab.cli import main
+
+raise SystemExit(main())

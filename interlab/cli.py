@@ -1,0 +1,138 @@
+"""Command line: `interlab train | eval | quickstart` (also `python -m interlab ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from interlab.config import build_config, load_named_config, parse_assignment
+
+# CLI flags and the config keys they set; only flags given on the command line override.
+TRAIN_FLAGS = {
+    "method": "method",
+    "data": "data",
+    "data_root": "data_root",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "out": "out",
+    "device": "device",
+    "seed": "seed",
+    "backbone": "backbone",
+}
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a method; resumes from OUT/checkpoint.pt if present")
+    p.add_argument("--config", help="named config (interlab/configs/NAME.yaml) or a YAML path")
+    p.add_argument("--method", help="moco | simclr")
+    p.add_argument("--data", help="cifar10-mini | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH")
+    p.add_argument("--data-root", dest="data_root", help="where torchvision datasets live/download")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--backbone", help="resnet18 | resnet50 | convnet")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run folder (default runs/default)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config, augmentation (aug.*) or method key; repeatable")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
+    p.add_argument("--stop-after-epochs", type=int, help="stop this call after N more epochs (resumable)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_eval_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("eval", help="kNN / linear-probe accuracy of a checkpoint's backbone")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="dataset to evaluate on (default: the one it was trained on)")
+    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--knn", action="store_true")
+    p.add_argument("--linear", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.1)
+
+
+def add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("quickstart", help="run notebooks/00_quickstart.ipynb headless (papermill)")
+    p.add_argument("--method", default="moco")
+    p.add_argument("--data", default="cifar10-mini")
+    p.add_argument("--epochs", type=int, default=None, help="default: 12 on CPU, 100 on GPU")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="runs/quickstart")
+
+
+def collect_train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = load_named_config(args.config) if args.config else {}
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[key] = value
+    for text in args.assignments:
+        key, value = parse_assignment(text)
+        overrides[key] = value
+    return overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from interlab.train import train
+
+    config = build_config(collect_train_overrides(args))
+    result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=args.progress)
+    print(json.dumps({"out": str(result.out), **result.final}))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from interlab.evaluate import evaluate_backbone
+    from interlab.train import load_trained, resolve_device
+
+    config, method = load_trained(args.checkpoint, args.device)
+    from interlab.data import load_dataset
+
+    data = args.data or config.data
+    root = args.data_root or config.data_root
+    train_set, test_set = load_dataset(data, "train", root=root), load_dataset(data, "test", root=root)
+    aug = method.augment.config
+    scores = evaluate_backbone(
+        method.backbone, train_set.images, train_set.labels, test_set.images, test_set.labels,
+        train_set.num_classes, knn=args.knn or not args.linear, linear=args.linear,
+        k=min(args.k, len(train_set)), temperature=args.temperature,
+        device=resolve_device(args.device), mean=aug.mean, std=aug.std,
+    )
+    print(json.dumps(scores))
+    return 0
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from interlab.quickstart import execute_quickstart_notebook
+
+    paths = execute_quickstart_notebook(
+        method=args.method, dataset=args.data, epochs=args.epochs, device=args.device, out_dir=args.out
+    )
+    summary = json.loads(paths["metrics"].read_text())
+    print(f"quickstart done: kNN top-1 {summary['knn_top1']:.3f} trained vs "
+          f"{summary['knn_top1_untrained']:.3f} untrained ({summary['device']}, {summary['wall_time_s']:.0f} s)")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="interlab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(commands)
+    add_eval_parser(commands)
+    add_quickstart_parser(commands)
+    args = parser.parse_args(argv)
+    runners = {"train": run_train, "eval": run_eval, "quickstart": run_quickstart}
+    try:
+        return runners[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"interlab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

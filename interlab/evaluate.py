@@ -1,0 +1,354 @@
+"""Frozen-feature evaluation: feature extraction, weighted kNN and a linear probe.
+
+Features are computed once per evaluation and kept on one device; kNN and the probe then
+work on those tensors only (no image passes), which keeps evaluation cheap enough to run
+every few epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, to_float
+
+# Defaults for callers without an augmentation config; callers that have one pass its
+# mean/std so evaluation sees images normalised exactly like training did.
+DEFAULT_MEAN: tuple[float, float, float] = CIFAR10_MEAN
+DEFAULT_STD: tuple[float, float, float] = CIFAR10_STD
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    batch_size: int = 512,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """L2-normalised float32 features (N, D) of uint8 NHWC `images`, computed on `device`.
+
+    `device` defaults to the backbone's; the backbone must already live there (moving it
+    would silently change the caller's model). The backbone runs in eval mode and every
+    submodule gets its previous train/eval mode back afterwards.
+    """
+    _check_uint8_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _compute_device(backbone, device)
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    try:
+        return _features_in_batches(backbone, images, batch_size, mean, std, device)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _features_in_batches(
+    backbone: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+) -> Tensor:
+    """Fill a preallocated (N, D) tensor batch by batch (no N-sized concatenation copy)."""
+    on_cuda = device.type == "cuda"
+    features: Tensor | None = None
+    count = images.shape[0]
+    for start in tqdm(range(0, count, batch_size), desc="features", leave=False):
+        batch = to_float(
+            images[start : start + batch_size].to(device, non_blocking=True), mean, std
+        )
+        if on_cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if on_cuda
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            output = backbone(batch)
+        output = F.normalize(output.float().flatten(1), dim=1)
+        if features is None:
+            features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
+        features[start : start + output.shape[0]] = output
+    return features
+
+
+def _check_uint8_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (N=0); expected at least one image")
+
+
+def _compute_device(backbone: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The requested device, else the backbone's; a backbone elsewhere is a caller error."""
+    first = next(iter(backbone.parameters()), None)
+    model_device = first.device if first is not None else torch.device("cpu")
+    if device is None:
+        return model_device
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if first is not None and model_device != device:
+        raise ValueError(f"backbone is on {model_device} but device={device}; move it there first")
+    return device
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Weighted kNN labels (MoCo CIFAR-10 protocol) for each test row, as int64 (M,).
+
+    Inputs are L2-normalised, so similarity is a dot product; each of the top-k neighbours
+    votes for its class with weight exp(sim / temperature). Test rows are processed in
+    chunks so the (chunk, N) similarity matrix bounds memory.
+    """
+    train_labels = _as_label_tensor(train_labels, train_features.device, "train_labels")
+    _check_knn_inputs(train_features, train_labels, test_features, num_classes, k, temperature)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    predictions = [
+        _knn_chunk(train_features, train_labels, chunk, num_classes, k, temperature)
+        for chunk in test_features.split(chunk_size)
+    ]
+    return torch.cat(predictions)
+
+
+def _knn_chunk(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_chunk: Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> Tensor:
+    similarity = test_chunk.to(train_features.dtype) @ train_features.T
+    top_similarity, top_index = similarity.topk(k, dim=1)
+    # Half-precision features get float32 weights; float64 inputs keep their precision.
+    top_similarity = top_similarity.to(torch.promote_types(top_similarity.dtype, torch.float32))
+    # Shifting by the row maximum rescales a row's weights uniformly (argmax unchanged) and
+    # keeps exp() finite for small temperatures, where exp(1 / 0.01) overflows float32.
+    weights = torch.exp((top_similarity - top_similarity[:, :1]) / temperature)
+    scores = weights.new_zeros(test_chunk.shape[0], num_classes)
+    scores.scatter_add_(1, train_labels[top_index], weights)
+    return scores.argmax(dim=1)
+
+
+def _check_knn_inputs(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> None:
+    _check_feature_pair(train_features, train_labels, test_features, num_classes)
+    if not 1 <= k <= train_features.shape[0]:
+        raise ValueError(
+            f"k={k} must be between 1 and the number of train rows ({train_features.shape[0]})"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _check_feature_pair(
+    train_features: Tensor, train_labels: Tensor, test_features: Tensor, num_classes: int
+) -> None:
+    """Shapes agree, labels are class indices below num_classes."""
+    if train_features.ndim != 2 or test_features.ndim != 2:
+        raise ValueError(
+            f"features must be 2-D (N, D); got train {tuple(train_features.shape)}, "
+            f"test {tuple(test_features.shape)}"
+        )
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"feature dims differ: train D={train_features.shape[1]}, test D={test_features.shape[1]}"
+        )
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(
+            f"train_labels has shape {tuple(train_labels.shape)}; expected "
+            f"({train_features.shape[0]},) to match train_features"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    _check_label_range(train_labels, num_classes, "train_labels")
+
+
+def _check_label_range(labels: Tensor, num_classes: int, name: str) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} span [{int(labels.min())}, {int(labels.max())}]; "
+            f"expected class indices in [0, {num_classes - 1}]"
+        )
+
+
+def _as_label_tensor(labels: Tensor | np.ndarray, device: torch.device, name: str) -> Tensor:
+    """int64 labels on `device`; accepts a tensor or a numpy array (an ImageSet may hold either)."""
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    return labels.to(device=device, dtype=torch.long)
+
+
+def knn_top1(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> float:
+    """Fraction of test rows whose weighted-kNN label is right."""
+    predictions = knn_predict(
+        train_features, train_labels, test_features, num_classes, k=k, temperature=temperature
+    )
+    return _top1(predictions, test_labels, "test_labels")
+
+
+def _top1(predictions: Tensor, labels: Tensor | np.ndarray, name: str) -> float:
+    labels = _as_label_tensor(labels, predictions.device, name)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(labels.shape)}; expected {tuple(predictions.shape)} "
+            "(one label per test row)"
+        )
+    return (predictions == labels).float().mean().item()
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.01,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Test top-1 fraction of a logistic regression trained on frozen features.
+
+    Features are standardised with train statistics (probe hyper-parameters then transfer
+    across backbones); the classifier starts at zero (the problem is convex, so no random
+    init is needed) and trains with mini-batch Adam, L2 `weight_decay` and a cosine learning
+    rate, all on the features' device.
+    """
+    device = train_features.device
+    train_labels = _as_label_tensor(train_labels, device, "train_labels")
+    _check_feature_pair(train_features, train_labels, test_features, num_classes)
+    _check_probe_settings(epochs, lr, weight_decay, batch_size)
+    train_x, test_x = _standardise(train_features.float(), test_features.float().to(device))
+    weight, bias = _fit_logistic(
+        train_x, train_labels, num_classes, epochs, lr, weight_decay, batch_size, seed
+    )
+    with torch.no_grad():
+        predictions = (test_x @ weight.T + bias).argmax(dim=1)
+    return _top1(predictions, test_labels, "test_labels")
+
+
+def _check_probe_settings(epochs: int, lr: float, weight_decay: float, batch_size: int) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero-mean unit-variance columns by train statistics; constant columns are only centred."""
+    mean = train.mean(dim=0)
+    std = train.std(dim=0) if train.shape[0] > 1 else torch.ones_like(mean)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std
+
+
+def _fit_logistic(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression by mini-batch Adam; returns (weight, bias)."""
+    device = features.device
+    weight = torch.zeros(num_classes, features.shape[1], device=device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    count = features.shape[0]
+    steps_per_epoch = math.ceil(count / batch_size)
+    total_steps = epochs * steps_per_epoch
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator, device=device)
+        for index in order.split(batch_size):
+            optimizer.param_groups[0]["lr"] = (
+                lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            )
+            loss = F.cross_entropy(features[index] @ weight.T + bias, labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return weight.detach(), bias.detach()
+
+
+def evaluate_backbone(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    knn: bool = True,
+    linear: bool = False,
+    k: int = 200,
+    temperature: float = 0.1,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+) -> dict[str, float]:
+    """Extract features once, then report {"knn_top1", "linear_top1"} (those requested)."""
+    if not (knn or linear):
+        raise ValueError("knn and linear are both False; expected at least one evaluation")
+    train = extract_features(backbone, train_images, batch_size, mean, std, device)
+    test = extract_features(backbone, test_images, batch_size, mean, std, device)
+    scores: dict[str, float] = {}
+    if knn:
+        scores["knn_top1"] = knn_top1(
+            train, train_labels, test, test_labels, num_classes, k=k, temperature=temperature
+        )
+    if linear:
+        scores["linear_top1"] = linear_probe(train, train_labels, test, test_labels, num_classes)
+    return scores

@@ -1,0 +1,75 @@
+"""Contrastive losses as pure functions of L2-normalised embeddings.
+
+Every loss here builds a logits matrix whose column 0 is the positive and takes the mean
+cross-entropy against index 0, so all of them can be checked by hand on a few vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check_pair(query: Tensor, positive: Tensor) -> None:
+    if query.dim() != 2 or query.shape != positive.shape:
+        raise ValueError(
+            f"query and positive must both be (B, D); got {tuple(query.shape)} "
+            f"and {tuple(positive.shape)}"
+        )
+
+
+def negative_logits(query: Tensor, negatives: Tensor) -> Tensor:
+    """Cosine logits (B, K) of each query against shared (K, D) or per-query (B, K, D) negatives."""
+    if negatives.dim() == 2:
+        if negatives.shape[1] != query.shape[1]:
+            raise ValueError(
+                f"negatives (K, D) must have D={query.shape[1]}; got {tuple(negatives.shape)}"
+            )
+        return query @ negatives.T
+    if negatives.dim() == 3:
+        if negatives.shape[0] != query.shape[0] or negatives.shape[2] != query.shape[1]:
+            raise ValueError(
+                f"per-query negatives must be (B={query.shape[0]}, K, D={query.shape[1]}); "
+                f"got {tuple(negatives.shape)}"
+            )
+        return torch.einsum("bd,bkd->bk", query, negatives)
+    raise ValueError(f"negatives must be (K, D) or (B, K, D); got {tuple(negatives.shape)}")
+
+
+def contrastive_logits(query: Tensor, positive: Tensor, negatives: Tensor) -> Tensor:
+    """Logits (B, 1 + K) with the positive's cosine similarity in column 0."""
+    _check_pair(query, positive)
+    positive_logit = (query * positive).sum(dim=1, keepdim=True)
+    return torch.cat([positive_logit, negative_logits(query, negatives)], dim=1)
+
+
+def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+    """InfoNCE: mean cross-entropy of (1 + K)-way classification with the positive at index 0.
+
+    Inputs are L2-normalised: query and positive (B, D), negatives (K, D) shared by all
+    queries (a MoCo queue) or (B, K, D) drawn per query (a memory-bank sampler).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    logits = contrastive_logits(query, positive, negatives) / temperature
+    targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits.float(), targets)
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """SimCLR's NT-Xent: each of the 2B views must find its partner among the other 2B - 1.
+
+    z1[i] and z2[i] are two L2-normalised views of image i; all other views in the batch are
+    negatives. Mean over all 2B anchors.
+    """
+    _check_pair(z1, z2)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    batch = len(z1)
+    z = torch.cat([z1, z2], dim=0)
+    logits = (z @ z.T).float() / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    partner = torch.arange(2 * batch, device=z.device).roll(batch)
+    return F.cross_entropy(logits, partner)

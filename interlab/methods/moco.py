@@ -1,0 +1,109 @@
+"""MoCo v2: a momentum key encoder and a FIFO queue of keys as negatives (He et al., Chen et al.)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from interlab.augment import AugmentConfig
+from interlab.config import TrainConfig
+from interlab.distributed import gather_cat, world_size
+from interlab.losses import info_nce
+from interlab.methods.base import Method, build_encoder
+from interlab.nets import convert_split_batchnorm, make_momentum_copy, momentum_update
+
+
+@dataclass
+class MoCoOptions:
+    proj_dim: int = 128
+    proj_hidden: int | None = None  # None: the backbone's feature width (MoCo v2)
+    proj_layers: int = 2  # 1 = the CIFAR-10 recipe's linear fc, 2 = MoCo v2's MLP
+    proj_bn: bool = False  # BN inside the MLP head (MoCo v3 / SimCLR style)
+    queue_size: int = 4096
+    encoder_momentum: float = 0.99
+    temperature: float = 0.2
+    symmetric: bool = False
+    split_bn: int = 8  # BN groups emulating shuffle-BN on one device; 1 = plain BN
+    shuffle_keys: bool = True
+
+    def __post_init__(self) -> None:
+        if self.queue_size <= 0:
+            raise ValueError(f"queue_size must be > 0; got {self.queue_size}")
+        if not 0.0 <= self.encoder_momentum <= 1.0:
+            raise ValueError(f"encoder_momentum must be in [0, 1]; got {self.encoder_momentum}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        if self.split_bn < 1:
+            raise ValueError(f"split_bn must be >= 1; got {self.split_bn}")
+        if self.proj_layers < 1:
+            raise ValueError(f"proj_layers must be >= 1; got {self.proj_layers}")
+
+
+class MoCo(Method):
+    """Query encoder trained by InfoNCE against its momentum twin's keys and a queue."""
+
+    name = "moco"
+    options_class = MoCoOptions
+
+    def __init__(self, config: TrainConfig, options: MoCoOptions, augment: AugmentConfig) -> None:
+        super().__init__(config, options, augment)
+        keys_per_step = config.batch_size * world_size() * (2 if options.symmetric else 1)
+        if keys_per_step > options.queue_size:
+            raise ValueError(
+                f"queue_size={options.queue_size} is smaller than the keys enqueued per step "
+                f"({keys_per_step}); use a larger queue or a smaller batch"
+            )
+        self.encoder = build_encoder(
+            config, options.proj_dim, options.proj_hidden, options.proj_layers, batch_norm=options.proj_bn
+        )
+        if options.split_bn > 1 and world_size() == 1:
+            convert_split_batchnorm(self.encoder, options.split_bn)
+        self.key_encoder = make_momentum_copy(self.encoder)
+        queue = F.normalize(torch.randn(options.queue_size, options.proj_dim), dim=1)
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.encoder.backbone
+
+    @torch.no_grad()
+    def keys(self, images: Tensor) -> Tensor:
+        """Key embeddings; on one device the batch is shuffled so split-BN groups differ from the query's."""
+        if not self.options.shuffle_keys:
+            return self.key_encoder(images)
+        order = torch.randperm(len(images), device=images.device, generator=self.generator)
+        keys = self.key_encoder(images[order])
+        return keys[torch.argsort(order)]
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Replace the oldest queue entries with this step's keys from all ranks."""
+        keys = gather_cat(keys)
+        slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
+        self.queue[slots] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
+
+    def contrast(self, query: Tensor, key: Tensor) -> Tensor:
+        return info_nce(query, key, self.queue.clone().detach(), self.options.temperature)
+
+    def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
+        view1, view2 = views
+        query1 = self.encoder(view1)
+        key2 = self.keys(view2)
+        if not self.options.symmetric:
+            loss = self.contrast(query1, key2)
+            self.enqueue(key2)
+            return {"loss": loss, "loss_contrast": loss.detach()}
+        query2 = self.encoder(view2)
+        key1 = self.keys(view1)
+        # A sum, not a mean, as in the MoCo CIFAR-10 recipe: its learning rate applies unchanged.
+        loss = self.contrast(query1, key2) + self.contrast(query2, key1)
+        self.enqueue(torch.cat([key2, key1]))
+        return {"loss": loss, "loss_contrast": loss.detach()}
+
+    def after_step(self, progress: float) -> None:
+        momentum_update(self.key_encoder, self.encoder, self.options.encoder_momentum)

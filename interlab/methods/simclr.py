@@ -1,0 +1,49 @@
+"""SimCLR: two views per image, every other view in the (global) batch is a negative."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interlab.augment import AugmentConfig
+from interlab.config import TrainConfig
+from interlab.distributed import gather_cat_with_grad
+from interlab.losses import nt_xent
+from interlab.methods.base import Method, build_encoder
+
+
+@dataclass
+class SimCLROptions:
+    proj_dim: int = 128
+    proj_hidden: int | None = 2048
+    proj_layers: int = 2
+    temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+        if self.proj_layers < 1:
+            raise ValueError(f"proj_layers must be >= 1; got {self.proj_layers}")
+
+
+class SimCLR(Method):
+    name = "simclr"
+    options_class = SimCLROptions
+
+    def __init__(self, config: TrainConfig, options: SimCLROptions, augment: AugmentConfig) -> None:
+        super().__init__(config, options, augment)
+        self.encoder = build_encoder(
+            config, options.proj_dim, options.proj_hidden, options.proj_layers, batch_norm=True
+        )
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.encoder.backbone
+
+    def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
+        z1 = gather_cat_with_grad(self.encoder(views[0]))
+        z2 = gather_cat_with_grad(self.encoder(views[1]))
+        loss = nt_xent(z1, z2, self.options.temperature)
+        return {"loss": loss, "loss_contrast": loss.detach()}

@@ -1,0 +1,269 @@
+"""Backbones, projection heads, momentum encoders and shuffle-BN emulation.
+
+Everything here is device agnostic: the same modules train on a 2-core CPU (tests, the
+quickstart) and on one GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "convnet")
+
+_RESNET_BUILDERS = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet50": torchvision.models.resnet50,
+}
+
+
+class ConvNet(nn.Module):
+    """Small conv-BN-ReLU backbone that learns in minutes on a CPU with 32 px inputs.
+
+    The default halves the resolution in the first three stages and keeps it in the last
+    (32 px -> 4x4 before the global average pool, like a CIFAR-stem ResNet): a full-resolution
+    first stage would cost ~5x more on a CPU for little gain at this scale.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2, 1),
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if len(widths) == 0 or any(int(w) < 1 for w in widths):
+            raise ValueError(
+                f"widths must be a non-empty sequence of positive ints, got {widths!r}"
+            )
+        if len(strides) != len(widths) or any(int(s) < 1 for s in strides):
+            raise ValueError(
+                f"strides must hold one positive int per stage ({len(widths)}), got {strides!r}"
+            )
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        stages = []
+        previous = in_channels
+        for width, stride in zip(widths, strides, strict=True):
+            stages.append(_conv_bn_relu(previous, int(width), int(stride)))
+            previous = int(width)
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim: int = previous
+
+    def forward(self, images: Tensor) -> Tensor:
+        return torch.flatten(self.pool(self.features(images)), 1)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """3x3 conv without bias (the BN that follows has one), BN, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def build_backbone(name: str, cifar_stem: bool = False) -> nn.Module:
+    """Build a randomly initialised backbone mapping (B, 3, H, W) floats to (B, feature_dim).
+
+    `cifar_stem` swaps the ResNet 7x7/2 conv + max-pool for a 3x3/1 conv, as in the MoCo
+    CIFAR-10 recipe: without it a 32 px image is 1x1 by the last stage.
+    """
+    if name == "convnet":
+        return ConvNet()
+    if name not in _RESNET_BUILDERS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+    model = _RESNET_BUILDERS[name](weights=None)
+    model.feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    if cifar_stem:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+class MLPHead(nn.Module):
+    """Projection head: 1 layer is a plain Linear, 2+ layers put ReLU (and BN) between Linears.
+
+    With `batch_norm` the hidden Linears drop their bias since the BN right after has one;
+    `last_bn` adds a BatchNorm1d on the output (SimCLR v2 / MoCo v3 style).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        batch_norm: bool = False,
+        last_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        for label, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
+            if value < 1:
+                raise ValueError(f"{label} must be >= 1, got {value}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        previous = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(previous, hidden_dim, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.ReLU(inplace=True))
+            previous = hidden_dim
+        layers.append(nn.Linear(previous, out_dim, bias=not last_bn))
+        if last_bn:
+            layers.append(nn.BatchNorm1d(out_dim))
+        self.layers = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.layers(features)
+
+
+@torch.no_grad()
+def momentum_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """EMA `t = m*t + (1-m)*o` over all parameters in two fused calls; buffers are copied.
+
+    Buffers (BN running statistics) are copied rather than averaged, as in MoCo/BYOL code.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    target_params, online_params = _paired(target.parameters(), online.parameters(), "parameters")
+    if target_params:
+        torch._foreach_mul_(target_params, momentum)
+        torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+    target_buffers, online_buffers = _paired(target.buffers(), online.buffers(), "buffers")
+    if target_buffers:
+        torch._foreach_copy_(target_buffers, online_buffers)
+
+
+def _paired(targets, onlines, kind: str) -> tuple[list[Tensor], list[Tensor]]:
+    """Materialise two tensor iterators, insisting on the same structure."""
+    targets, onlines = list(targets), list(onlines)
+    if len(targets) != len(onlines):
+        raise ValueError(
+            f"target has {len(targets)} {kind} but online has {len(onlines)}; "
+            "expected two copies of the same architecture"
+        )
+    mismatched = [
+        i for i, (t, o) in enumerate(zip(targets, onlines, strict=True)) if t.shape != o.shape
+    ]
+    if mismatched:
+        i = mismatched[0]
+        raise ValueError(
+            f"{kind} #{i} has shape {tuple(targets[i].shape)} in target but "
+            f"{tuple(onlines[i].shape)} in online; expected identical shapes"
+        )
+    return targets, onlines
+
+
+def make_momentum_copy(module: nn.Module) -> nn.Module:
+    """Deep copy whose parameters never receive gradients (momentum/key encoder)."""
+    clone = copy.deepcopy(module)
+    clone.requires_grad_(False)
+    return clone
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises `num_splits` sample groups independently.
+
+    This emulates MoCo's shuffle-BN on one device: each group gets its own batch statistics,
+    so the key encoder cannot cheat through statistics shared with the query's sub-batch.
+    Group g is samples g, g+G, g+2G, ... (what the (B, C) -> (B/G, G*C) reshape yields); the
+    whole batch is normalised in one `F.batch_norm` call. Eval mode is a plain BatchNorm2d.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kw) -> None:
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        super().__init__(num_features, **kw)
+        self.num_splits = int(num_splits)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or self.num_splits == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        batch, channels, height, width = input.shape
+        splits = self.num_splits
+        if batch % splits != 0:
+            raise ValueError(
+                f"batch size {batch} is not divisible by num_splits={splits}; "
+                "expected a multiple of num_splits"
+            )
+        factor = self._update_factor()
+        running_mean = running_var = None
+        if self.track_running_stats:
+            running_mean = self.running_mean.repeat(splits)
+            running_var = self.running_var.repeat(splits)
+        weight = self.weight.repeat(splits) if self.weight is not None else None
+        bias = self.bias.repeat(splits) if self.bias is not None else None
+        # reshape, not view: a channels_last input cannot be viewed this way and gets copied.
+        output = F.batch_norm(
+            input.reshape(batch // splits, splits * channels, height, width),
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            True,
+            factor,
+            self.eps,
+        )
+        if self.track_running_stats:
+            self.running_mean.copy_(running_mean.view(splits, channels).mean(0))
+            self.running_var.copy_(running_var.view(splits, channels).mean(0))
+        return output.view(batch, channels, height, width)
+
+    def _update_factor(self) -> float:
+        """Running-stat momentum, counting batches like nn.BatchNorm2d (cumulative if None)."""
+        if not self.track_running_stats:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm2d (in place) by a SplitBatchNorm2d with the same state.
+
+    Returns the converted module; it is a new object only when `module` itself is a BN.
+    """
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+    if isinstance(module, nn.BatchNorm2d):
+        return _split_copy(module, num_splits)
+    for name, child in module.named_children():
+        setattr(module, name, convert_split_batchnorm(child, num_splits))
+    return module
+
+
+def _split_copy(bn: nn.BatchNorm2d, num_splits: int) -> SplitBatchNorm2d:
+    """A SplitBatchNorm2d carrying `bn`'s hyper-parameters, parameters, buffers and mode."""
+    split = SplitBatchNorm2d(
+        bn.num_features,
+        num_splits,
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
+    reference = bn.weight if bn.weight is not None else bn.running_mean
+    if reference is not None:
+        split.to(device=reference.device, dtype=reference.dtype)
+    split.load_state_dict(bn.state_dict())
+    if bn.affine:
+        split.weight.requires_grad_(bn.weight.requires_grad)
+        split.bias.requires_grad_(bn.bias.requires_grad)
+    split.train(bn.training)
+    return split

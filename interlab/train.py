@@ -1,0 +1,360 @@
+"""One training loop for every method: GPU-resident data, per-step schedule, resumable runs.
+
+A run folder holds `config.yaml`, `metrics.jsonl` (one JSON object per epoch) and
+`checkpoint.pt` (weights, optimiser, method buffers such as queues and banks, RNG states), so
+a run killed at any point resumes from its last checkpoint and reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from interlab import distributed as dist_utils
+from interlab.config import TrainConfig, config_from_dict
+from interlab.data import ImageSet, load_dataset
+from interlab.evaluate import extract_features, knn_top1
+from interlab.methods import build_method
+from interlab.methods.base import Encoder, Method
+from interlab.optim import build_optimizer, cosine_lr, set_lr
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CONFIG_NAME = "config.yaml"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    method: Method
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        if name == "cuda":
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+def yaml_ready(value: Any) -> Any:
+    """Tuples to lists, recursively, so configs dump as plain YAML."""
+    if isinstance(value, dict):
+        return {k: yaml_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [yaml_ready(v) for v in value]
+    return value
+
+
+def load_train_data(config: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """Training images (on `device`) and, when labels exist, the kNN memory and test sets."""
+    train_set = load_dataset(config.data, "train", root=config.data_root).to(device)
+    if not train_set.has_labels:
+        return train_set, None, None
+    try:
+        test_set = load_dataset(config.data, "test", root=config.data_root).to(device)
+    except ValueError:
+        return train_set, None, None
+    return train_set, train_set, test_set
+
+
+class Trainer:
+    """Owns the method, its optimiser, RNGs and run folder; `fit` trains and evaluates."""
+
+    def __init__(self, config: TrainConfig, progress: bool = True) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        dist_utils.init_from_environment(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        self.out = Path(config.out)
+        self.progress = progress and dist_utils.is_main_process()
+        self.train_set, self.memory_set, self.test_set = load_train_data(config, self.device)
+        self.steps_per_epoch = len(self.train_set) // self.world // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={config.batch_size} is larger than the {len(self.train_set) // self.world} "
+                f"images each of {self.world} process(es) sees per epoch"
+            )
+        self.total_steps = self.steps_per_epoch * config.epochs
+        torch.manual_seed(config.seed)
+        self.method = self._build_method()
+        self.model = self._wrap_distributed(self.method)
+        self.optimizer = build_optimizer(
+            self.method, config.optimizer, config.lr, config.sgd_momentum, config.weight_decay
+        )
+        self.order_generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.aug_generator = torch.Generator(device=self.device).manual_seed(
+            config.seed * 1000 + 1 + self.rank
+        )
+        self.method.generator = self.aug_generator
+        self.epoch = 0
+        self.step = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    # ---- set-up -------------------------------------------------------------------------
+    def _build_method(self) -> Method:
+        augment = self.config.augment_config(self.train_set.image_size)
+        method = build_method(self.config, augment).to(self.device)
+        if self.world > 1 and self.device.type == "cuda":
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        if self.uses_cuda_tricks and self.config.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+        if self.config.compile:
+            for module in method.modules():
+                if isinstance(module, Encoder):
+                    module.compile()
+        return method
+
+    def _wrap_distributed(self, method: Method) -> nn.Module:
+        if self.world == 1:
+            return method
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(method, device_ids=device_ids, broadcast_buffers=False)
+
+    @property
+    def uses_cuda_tricks(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.uses_cuda_tricks and self.config.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "image_size": self.train_set.image_size,
+            "epoch": self.epoch,
+            "step": self.step,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "order": self.order_generator.get_state(),
+                "augment": self.aug_generator.get_state(),
+            },
+        }
+
+    def save_checkpoint(self) -> None:
+        if not dist_utils.is_main_process():
+            return
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.order_generator.set_state(rng["order"].cpu())
+        # Each rank's augmentation stream continues from where it stopped (rank 0's is saved;
+        # other ranks re-derive theirs so they stay distinct).
+        self.aug_generator.set_state(rng["augment"].cpu())
+        if self.rank:
+            self.aug_generator.manual_seed(self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch)
+        self.metrics = [m for m in read_metrics(self.out) if m["epoch"] <= self.epoch]
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def epoch_order(self) -> Tensor:
+        """This rank's image indices for one epoch: a shared permutation, split by rank."""
+        order = torch.randperm(len(self.train_set), generator=self.order_generator, device=self.device)
+        return order[self.rank :: self.world]
+
+    def train_step(self, indices: Tensor) -> dict[str, Tensor]:
+        views = self.method.make_views(self.train_set.images[indices])
+        if self.uses_cuda_tricks and self.config.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        set_lr(self.optimizer, self.current_lr())
+        with self.autocast():
+            outputs = self.model(views, indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs["loss"].backward()
+        self.optimizer.step()
+        self.step += 1
+        self.method.after_step(self.step / self.total_steps)
+        return outputs
+
+    def current_lr(self) -> float:
+        warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
+        return cosine_lr(self.step, self.total_steps, warmup, self.config.lr, self.config.min_lr)
+
+    def check_finite(self, loss_sum: Tensor) -> None:
+        if not torch.isfinite(loss_sum):
+            kept = self.checkpoint_path if self.checkpoint_path.exists() else "none written yet"
+            raise NonFiniteLossError(
+                f"loss became {loss_sum.item()} in epoch {self.epoch + 1} (step {self.step}); "
+                f"stopping. Last good checkpoint: {kept}. Lower lr (now {self.current_lr():.4g}) "
+                "or check the data."
+            )
+
+    def train_epoch(self, bar: tqdm | None) -> dict[str, float]:
+        self.model.train()
+        order = self.epoch_order()
+        batch = self.config.batch_size
+        sums: dict[str, Tensor] = {}
+        start = time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            outputs = self.train_step(order[i * batch : (i + 1) * batch])
+            for key, value in outputs.items():
+                sums[key] = sums.get(key, 0) + value.detach().float()
+            if (i + 1) % self.config.log_every == 0 or i + 1 == self.steps_per_epoch:
+                self.check_finite(sums["loss"])
+                if bar is not None:
+                    bar.set_postfix(loss=f"{sums['loss'].item() / (i + 1):.4f}", lr=f"{self.current_lr():.3g}")
+            if bar is not None:
+                bar.update(1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        figures = {key: (value / self.steps_per_epoch).item() for key, value in sums.items()}
+        figures["lr"] = self.current_lr()
+        figures["epoch_time_s"] = seconds
+        figures["images_per_s"] = self.steps_per_epoch * batch * self.world / seconds
+        return figures
+
+    def knn_accuracy(self) -> float | None:
+        if self.memory_set is None or self.test_set is None:
+            return None
+        aug = self.method.augment.config
+        memory = extract_features(self.method.backbone, self.memory_set.images, mean=aug.mean, std=aug.std, device=self.device)
+        test = extract_features(self.method.backbone, self.test_set.images, mean=aug.mean, std=aug.std, device=self.device)
+        k = min(self.config.knn_k, len(memory))
+        return knn_top1(memory, self.memory_set.labels, test, self.test_set.labels,
+                        self.memory_set.num_classes, k=k, temperature=self.config.knn_temperature)
+
+    def should_evaluate(self) -> bool:
+        every = self.config.eval_every
+        return self.epoch == self.config.epochs or (every > 0 and self.epoch % every == 0)
+
+    def should_checkpoint(self) -> bool:
+        return self.epoch == self.config.epochs or self.epoch % self.config.checkpoint_every == 0
+
+    def end_epoch(self, figures: dict[str, float]) -> dict[str, Any]:
+        dist_utils.broadcast_buffers(self.method)  # ranks agree on BN statistics, queues, banks
+        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **figures}
+        record.update(self.method.on_epoch_end(self.epoch))
+        if self.should_evaluate():
+            knn = self.knn_accuracy()
+            if knn is not None:
+                record["knn_top1"] = knn
+        self.metrics.append(record)
+        if dist_utils.is_main_process():
+            with open(self.out / METRICS_NAME, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.should_checkpoint():
+            self.save_checkpoint()
+        return record
+
+    def start_run_folder(self, resume: bool) -> None:
+        if dist_utils.is_main_process():
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+        if dist_utils.is_main_process():
+            write_metrics(self.out, self.metrics)  # drops epochs after the checkpoint
+            (self.out / CONFIG_NAME).write_text(yaml.safe_dump(yaml_ready(self.config.to_dict()), sort_keys=False))
+
+    def fit(self, resume: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
+        """Train to `config.epochs` (resuming from the run folder's checkpoint when present).
+
+        `stop_after_epochs` ends this call early, after a checkpoint, so a long run can be
+        sliced into time-limited calls that each resume where the last one stopped.
+        """
+        self.start_run_folder(resume)
+        last_epoch = self.config.epochs
+        if stop_after_epochs is not None:
+            last_epoch = min(last_epoch, self.epoch + stop_after_epochs)
+        bar = None
+        if self.progress:
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < last_epoch:
+                if bar is not None:
+                    bar.set_description(f"epoch {self.epoch + 1}/{self.config.epochs}")
+                figures = self.train_epoch(bar)
+                self.epoch += 1
+                record = self.end_epoch(figures)
+                if bar is not None and "knn_top1" in record:
+                    bar.write(f"epoch {self.epoch}: knn_top1 {record['knn_top1']:.4f}")
+            if self.epoch == last_epoch and not self.should_checkpoint():
+                self.save_checkpoint()  # a sliced run always leaves a checkpoint to resume from
+        finally:
+            if bar is not None:
+                bar.close()
+        return TrainResult(self.out, self.method, self.metrics)
+
+
+def train(config: TrainConfig, resume: bool = True, stop_after_epochs: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train `config` into `config.out`; see `Trainer.fit`."""
+    return Trainer(config, progress=progress).fit(resume=resume, stop_after_epochs=stop_after_epochs)
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run folder (empty when none yet)."""
+    path = Path(out) / METRICS_NAME
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (out / METRICS_NAME).write_text(text)
+
+
+def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[TrainConfig, Method]:
+    """Rebuild a method from a checkpoint (config included) for evaluation or exploration."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    target = resolve_device(device)
+    state = torch.load(path, map_location=target, weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "method" not in state:
+        raise ValueError(f"{path} is not an interlab checkpoint (no config/method entries)")
+    config = config_from_dict(state["config"])
+    method = build_method(config, config.augment_config(state["image_size"])).to(target)
+    method.load_state_dict(state["method"])
+    method.eval()
+    return config, method

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny data sets cut from the embedded mini subset, CPU-sized configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from interlab.config import build_config
+from interlab.data import load_dataset, write_npz
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def mini_train():
+    return load_dataset("cifar10-mini", "train")
+
+
+@pytest.fixture(scope="session")
+def mini_test():
+    return load_dataset("cifar10-mini", "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory, mini_train, mini_test) -> Path:
+    """256 training and 128 test images in the embedded format: fast runs for trainer tests."""
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    write_npz(path, {"train": mini_train.subset(torch.arange(256)), "test": mini_test.subset(torch.arange(128))})
+    return path
+
+
+def cpu_config(out: Path, data: str, **overrides):
+    """A CPU-sized MoCo config: small ConvNet, small queue, kNN every epoch."""
+    keys = {
+        "method": "moco", "data": data, "device": "cpu", "backbone": "convnet", "epochs": 2,
+        "batch_size": 64, "lr": 0.06, "eval_every": 1, "checkpoint_every": 1, "knn_k": 20,
+        "queue_size": 256, "out": str(out), "log_every": 2,
+    }
+    keys.update(overrides)
+    return build_config(keys)

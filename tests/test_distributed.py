@@ -1,0 +1,52 @@
+"""Two CPU ranks with the gloo backend: DDP keeps weights and the MoCo queue identical."""
+
+import os
+import socket
+
+import torch
+import torch.multiprocessing as mp
+
+from tests.conftest import cpu_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from interlab.train import Trainer
+
+    config = cpu_config(out, data, epochs=1, batch_size=32, eval_every=0, checkpoint_every=1,
+                        queue_size=384)
+    trainer = Trainer(config, progress=False)
+    initial_queue = trainer.method.queue.clone()
+    trainer.order_generator.manual_seed(123)
+    order = trainer.epoch_order()
+    trainer.order_generator.manual_seed(config.seed)
+    trainer.fit(resume=False)
+    state = {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}
+    torch.save({"state": state, "initial_queue": initial_queue, "order": order.cpu()},
+               os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_keep_weights_and_queue_identical(tmp_path, tiny_npz):
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    mp.spawn(train_rank, args=(2, free_port(), out, f"npz:{tiny_npz}"), nprocs=2, join=True)
+    rank0 = torch.load(os.path.join(out, "rank0.pt"))
+    rank1 = torch.load(os.path.join(out, "rank1.pt"))
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
+    assert not torch.equal(rank0["state"]["queue"], rank0["initial_queue"])  # keys were enqueued
+    # 256 images / 2 ranks / batch 32 = 4 steps, each enqueueing 2 ranks x 32 gathered keys.
+    assert int(rank0["state"]["queue_ptr"]) == 4 * 64
+    # Each rank draws a disjoint half of every epoch.
+    orders = torch.cat([rank0["order"], rank1["order"]])
+    assert len(rank0["order"]) == len(rank1["order"]) == 128
+    assert torch.equal(orders.sort().values, torch.arange(256))

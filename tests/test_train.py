@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
+from interlab.quickstart import quickstart_config, untrained_knn
+from tests.conftest import cpu_config
+
+
+def test_metrics_config_and_checkpoint_are_written(tmp_path, tiny_npz):
+    config = cpu_config(tmp_path / "run", f"npz:{tiny_npz}", epochs=2)
+    result = train(config, progress=False)
+    records = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["step"] == 2 * (256 // 64)
+    for key in ("loss", "loss_contrast", "lr", "images_per_s", "epoch_time_s", "knn_top1"):
+        assert key in records[-1], key
+    assert 0.0 <= records[-1]["knn_top1"] <= 1.0
+    assert records[-1]["lr"] < records[0]["lr"] < config.lr  # cosine decays
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method"] == "moco" and saved["method_options"]["queue_size"] == 256
+    state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=False)
+    assert state["epoch"] == 2 and "queue" in state["method"]
+    assert result.final["epoch"] == 2
+
+
+def test_resumed_run_reaches_the_same_weights(tmp_path, tiny_npz):
+    data = f"npz:{tiny_npz}"
+    straight = train(cpu_config(tmp_path / "a", data, epochs=4, checkpoint_every=2), progress=False)
+    train(cpu_config(tmp_path / "b", data, epochs=4, checkpoint_every=2), stop_after_epochs=2, progress=False)
+    assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)["epoch"] == 2
+    resumed = train(cpu_config(tmp_path / "b", data, epochs=4, checkpoint_every=2), progress=False)
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["epoch"] for r in read_metrics(tmp_path / "b")] == [1, 2, 3, 4]
+    assert read_metrics(tmp_path / "a")[-1]["loss"] == read_metrics(tmp_path / "b")[-1]["loss"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_npz):
+    config = cpu_config(tmp_path / "run", f"npz:{tiny_npz}", epochs=4, checkpoint_every=1)
+    train(config, stop_after_epochs=1, progress=False)
+    trainer = Trainer(config, progress=False)
+    healthy_forward = trainer.method.forward
+
+    def poisoned_forward(views, indices):
+        outputs = healthy_forward(views, indices)
+        outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+    trainer.method.forward = poisoned_forward
+    with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 2.*checkpoint"):
+        trainer.fit()
+    state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1]
+
+
+def test_batch_larger_than_data_is_rejected(tmp_path, tiny_npz):
+    with pytest.raises(ValueError, match="batch_size=512"):
+        Trainer(cpu_config(tmp_path, f"npz:{tiny_npz}", batch_size=512, queue_size=1024), progress=False)
+
+
+def test_short_moco_run_beats_the_untrained_network(tmp_path):
+    """The CPU quickstart set-up: MoCo v2 on the mini data must clearly improve kNN top-1."""
+    config = quickstart_config(device="cpu", epochs=6, out_dir=str(tmp_path), overrides={"eval_every": 6})
+    before = untrained_knn(config)
+    after = train(config, progress=False).final["knn_top1"]
+    print(json.dumps({"untrained": before, "trained": after}))
+    assert after > before + 0.04
