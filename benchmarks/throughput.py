@@ -43,7 +43,9 @@ def moco_step_rate(trainer: Trainer, steps: int, warmup: int) -> float:
     generator = torch.Generator(device=trainer.device).manual_seed(0)
 
     def step() -> None:
-        indices = torch.randint(len(trainer.train_set), (batch,), device=trainer.device, generator=generator)
+        indices = torch.randint(
+            len(trainer.train_set), (batch,), device=trainer.device, generator=generator
+        )
         trainer.train_step(indices)
 
     trainer.model.train()
@@ -54,13 +56,19 @@ def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
     """Forward+backward of two ready-made views through a plain backbone, same precision and layout."""
     config, device = trainer.config, trainer.device
     net = build_backbone(config.backbone, cifar_stem=config.cifar_stem).to(device)
-    fmt = torch.channels_last if device.type == "cuda" and config.channels_last else torch.contiguous_format
+    fmt = (
+        torch.channels_last
+        if device.type == "cuda" and config.channels_last
+        else torch.contiguous_format
+    )
     net = net.to(memory_format=fmt)
     if config.compile:
         net.compile()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     size = trainer.train_set.image_size
-    views = torch.randn(2 * config.batch_size, 3, size, size, device=device).contiguous(memory_format=fmt)
+    views = torch.randn(2 * config.batch_size, 3, size, size, device=device).contiguous(
+        memory_format=fmt
+    )
 
     def step() -> None:
         with trainer.autocast():
@@ -84,20 +92,38 @@ def main() -> None:
     parser.add_argument("--no-cifar-stem", dest="cifar_stem", action="store_false")
     args = parser.parse_args()
     keys = load_named_config("moco_cifar10")
-    keys.update(data=args.data, device=args.device, batch_size=args.batch_size, compile=args.compile,
-                backbone=args.backbone, cifar_stem=args.cifar_stem, out="benchmarks/out/throughput")
+    keys.update(
+        data=args.data,
+        device=args.device,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        backbone=args.backbone,
+        cifar_stem=args.cifar_stem,
+        out="benchmarks/out/throughput",
+    )
     trainer = Trainer(build_config(keys), progress=False)
     moco = moco_step_rate(trainer, args.steps, args.warmup)
     bare = bare_backbone_rate(trainer, args.steps, args.warmup)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     epoch_s = 50_000 / moco
-    print(json.dumps({
-        "device": name, "torch": torch.__version__, "backbone": args.backbone, "cifar_stem": args.cifar_stem,
-        "batch": args.batch_size, "compile": args.compile, "moco_images_per_s": round(moco, 1),
-        "bare_images_per_s": round(bare, 1), "ratio": round(moco / bare, 3),
-        "cifar10_epoch_s": round(epoch_s, 2), "date": time.strftime("%Y-%m-%d"),
-    }))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "backbone": args.backbone,
+                "cifar_stem": args.cifar_stem,
+                "batch": args.batch_size,
+                "compile": args.compile,
+                "moco_images_per_s": round(moco, 1),
+                "bare_images_per_s": round(bare, 1),
+                "ratio": round(moco / bare, 3),
+                "cifar10_epoch_s": round(epoch_s, 2),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,14 @@ TRAIN_FLAGS = {
 
 
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("train", help="train a method; resumes from OUT/checkpoint.pt if present")
+    p = commands.add_parser(
+        "train", help="train a method; resumes from OUT/checkpoint.pt if present"
+    )
     p.add_argument("--config", help="named config (interlab/configs/NAME.yaml) or a YAML path")
     p.add_argument("--method", help="moco | simclr")
-    p.add_argument("--data", help="cifar10-mini | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH")
+    p.add_argument(
+        "--data", help="cifar10-mini | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH"
+    )
     p.add_argument("--data-root", dest="data_root", help="where torchvision datasets live/download")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
@@ -35,10 +39,23 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run folder (default runs/default)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config, augmentation (aug.*) or method key; repeatable")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="start over even if a checkpoint exists")
-    p.add_argument("--stop-after-epochs", type=int, help="stop this call after N more epochs (resumable)")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config, augmentation (aug.*) or method key; repeatable",
+    )
+    p.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over even if a checkpoint exists",
+    )
+    p.add_argument(
+        "--stop-after-epochs", type=int, help="stop this call after N more epochs (resumable)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -55,10 +72,12 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("quickstart", help="run notebooks/00_quickstart.ipynb headless (papermill)")
+    p = commands.add_parser(
+        "quickstart", help="run notebooks/00_quickstart.ipynb headless (papermill)"
+    )
     p.add_argument("--method", default="moco")
     p.add_argument("--data", default="cifar10-mini")
-    p.add_argument("--epochs", type=int, default=None, help="default: 12 on CPU, 100 on GPU")
+    p.add_argument("--epochs", type=int, default=None, help="default: 20 on CPU, 100 on GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/quickstart")
 
@@ -79,7 +98,9 @@ def run_train(args: argparse.Namespace) -> int:
     from interlab.train import train
 
     config = build_config(collect_train_overrides(args))
-    result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=args.progress)
+    result = train(
+        config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=args.progress
+    )
     print(json.dumps({"out": str(result.out), **result.final}))
     return 0
 
@@ -93,13 +114,25 @@ def run_eval(args: argparse.Namespace) -> int:
 
     data = args.data or config.data
     root = args.data_root or config.data_root
-    train_set, test_set = load_dataset(data, "train", root=root), load_dataset(data, "test", root=root)
+    train_set, test_set = (
+        load_dataset(data, "train", root=root),
+        load_dataset(data, "test", root=root),
+    )
     aug = method.augment.config
     scores = evaluate_backbone(
-        method.backbone, train_set.images, train_set.labels, test_set.images, test_set.labels,
-        train_set.num_classes, knn=args.knn or not args.linear, linear=args.linear,
-        k=min(args.k, len(train_set)), temperature=args.temperature,
-        device=resolve_device(args.device), mean=aug.mean, std=aug.std,
+        method.backbone,
+        train_set.images,
+        train_set.labels,
+        test_set.images,
+        test_set.labels,
+        train_set.num_classes,
+        knn=args.knn or not args.linear,
+        linear=args.linear,
+        k=min(args.k, len(train_set)),
+        temperature=args.temperature,
+        device=resolve_device(args.device),
+        mean=aug.mean,
+        std=aug.std,
     )
     print(json.dumps(scores))
     return 0
@@ -109,11 +142,17 @@ def run_quickstart(args: argparse.Namespace) -> int:
     from interlab.quickstart import execute_quickstart_notebook
 
     paths = execute_quickstart_notebook(
-        method=args.method, dataset=args.data, epochs=args.epochs, device=args.device, out_dir=args.out
+        method=args.method,
+        dataset=args.data,
+        epochs=args.epochs,
+        device=args.device,
+        out_dir=args.out,
     )
     summary = json.loads(paths["metrics"].read_text())
-    print(f"quickstart done: kNN top-1 {summary['knn_top1']:.3f} trained vs "
-          f"{summary['knn_top1_untrained']:.3f} untrained ({summary['device']}, {summary['wall_time_s']:.0f} s)")
+    print(
+        f"quickstart done: kNN top-1 {summary['knn_top1']:.3f} trained vs "
+        f"{summary['knn_top1_untrained']:.3f} untrained ({summary['device']}, {summary['wall_time_s']:.0f} s)"
+    )
     for name, path in paths.items():
         print(f"  {name}: {path}")
     return 0

@@ -145,7 +145,9 @@ def load_named_config(name: str) -> dict[str, Any]:
         path = CONFIG_DIR / f"{name}.yaml"
     if not path.exists():
         shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown config {name!r}; shipped configs: {shipped}, or give a YAML path")
+        raise ValueError(
+            f"unknown config {name!r}; shipped configs: {shipped}, or give a YAML path"
+        )
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config {path} must be a mapping of key: value")

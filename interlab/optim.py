@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0) -> float:
+def cosine_lr(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = 0.0
+) -> float:
     """Linear warm-up from ~0 to `base_lr`, then half a cosine down to `min_lr` (per step)."""
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
@@ -24,10 +26,21 @@ class LARS(torch.optim.Optimizer):
     SGD steps without weight decay, as in SimCLR/BYOL.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, lars=True)
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            lars=True,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -56,8 +69,9 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """SGD over every trainable parameter (the MoCo recipe decays all), or LARS."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":

@@ -17,7 +17,9 @@ def plot_training_curves(metrics: list[dict[str, Any]], title: str = "") -> Figu
     axes[1].plot(epochs, [m["lr"] for m in metrics], marker=".")
     axes[1].set(xlabel="epoch", ylabel="learning rate", title="schedule (end of epoch)")
     evaluated = [m for m in metrics if "knn_top1" in m]
-    axes[2].plot([m["epoch"] for m in evaluated], [100 * m["knn_top1"] for m in evaluated], marker="o")
+    axes[2].plot(
+        [m["epoch"] for m in evaluated], [100 * m["knn_top1"] for m in evaluated], marker="o"
+    )
     axes[2].set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN accuracy (k=200)")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -23,24 +23,50 @@ from interlab.train import TrainResult, resolve_device, train
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_NOTEBOOK = REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
 
-# CPU: a small ConvNet that visibly learns in minutes on 2 cores; GPU: the CIFAR ResNet-18.
-CPU_SETTINGS = {"backbone": "convnet", "cifar_stem": False, "batch_size": 256, "epochs": 12,
-                "lr": 0.06, "eval_every": 2, "knn_k": 200, "split_bn": 8}
-GPU_SETTINGS = {"backbone": "resnet18", "cifar_stem": True, "batch_size": 512, "epochs": 100,
-                "lr": 0.06, "eval_every": 10, "knn_k": 200, "split_bn": 8}
+# CPU: a small ConvNet that visibly learns in minutes on 2 cores (measured on the mini data:
+# kNN 0.30 untrained -> 0.42 after 20 epochs, ~100 s of training); GPU: the CIFAR ResNet-18.
+CPU_SETTINGS = {
+    "backbone": "convnet",
+    "cifar_stem": False,
+    "batch_size": 256,
+    "epochs": 20,
+    "lr": 0.06,
+    "eval_every": 5,
+}
+GPU_SETTINGS = {
+    "backbone": "resnet18",
+    "cifar_stem": True,
+    "batch_size": 512,
+    "epochs": 100,
+    "lr": 0.06,
+    "eval_every": 10,
+}
+# MoCo on 5,000 images: a queue well under an epoch (stale keys otherwise); on the CPU a BN in
+# the MLP head and t=0.2 learn fastest in few epochs, on the GPU the CIFAR-10 recipe's loss.
+MOCO_CPU = {"queue_size": 1024, "temperature": 0.2, "proj_bn": True}
+MOCO_GPU = {"queue_size": 2048, "temperature": 0.1, "symmetric": True, "split_bn": 8}
 
 
-def quickstart_config(method: str = "moco", dataset: str = "cifar10-mini", epochs: int | None = None,
-                      device: str = "auto", out_dir: str = "runs/quickstart",
-                      overrides: dict[str, Any] | None = None) -> TrainConfig:
+def quickstart_config(
+    method: str = "moco",
+    dataset: str = "cifar10-mini",
+    epochs: int | None = None,
+    device: str = "auto",
+    out_dir: str = "runs/quickstart",
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
     """A config sized for the device: minutes on a 2-core CPU, the CIFAR recipe on a GPU."""
     on_gpu = resolve_device(device).type == "cuda"
-    settings = dict(GPU_SETTINGS if on_gpu else CPU_SETTINGS)
-    split_bn = settings.pop("split_bn")
-    keys = {"method": method, "data": dataset, "device": device, "out": str(Path(out_dir) / "run"),
-            "checkpoint_every": 5, **settings}
+    keys = {
+        "method": method,
+        "data": dataset,
+        "device": device,
+        "out": str(Path(out_dir) / "run"),
+        "checkpoint_every": 5,
+        **(GPU_SETTINGS if on_gpu else CPU_SETTINGS),
+    }
     if method == "moco":
-        keys.update({"split_bn": split_bn, "temperature": 0.1, "symmetric": True})
+        keys.update(MOCO_GPU if on_gpu else MOCO_CPU)
     if epochs is not None:
         keys["epochs"] = epochs
     keys.update(overrides or {})
@@ -55,11 +81,22 @@ def untrained_knn(config: TrainConfig) -> float:
     torch.manual_seed(config.seed)
     method = build_method(config, config.augment_config(train_set.image_size)).to(device)
     aug = method.augment.config
-    memory = extract_features(method.backbone, train_set.images, mean=aug.mean, std=aug.std, device=device)
-    test = extract_features(method.backbone, test_set.images, mean=aug.mean, std=aug.std, device=device)
+    memory = extract_features(
+        method.backbone, train_set.images, mean=aug.mean, std=aug.std, device=device
+    )
+    test = extract_features(
+        method.backbone, test_set.images, mean=aug.mean, std=aug.std, device=device
+    )
     k = min(config.knn_k, len(memory))
-    return knn_top1(memory, train_set.labels, test, test_set.labels, train_set.num_classes,
-                    k=k, temperature=config.knn_temperature)
+    return knn_top1(
+        memory,
+        train_set.labels,
+        test,
+        test_set.labels,
+        train_set.num_classes,
+        k=k,
+        temperature=config.knn_temperature,
+    )
 
 
 def device_name(device: str) -> str:
@@ -69,8 +106,13 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def write_summary(out_dir: str | Path, config: TrainConfig, result: TrainResult, untrained: float,
-                  wall_time_s: float) -> Path:
+def write_summary(
+    out_dir: str | Path,
+    config: TrainConfig,
+    result: TrainResult,
+    untrained: float,
+    wall_time_s: float,
+) -> Path:
     """`metrics.json` beside the executed notebook: final and per-epoch figures, config, device."""
     path = Path(out_dir) / "metrics.json"
     summary = {
@@ -98,17 +140,37 @@ def run_quickstart(config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     return {"summary_path": path, "result": result, **json.loads(path.read_text())}
 
 
-def execute_quickstart_notebook(method: str = "moco", dataset: str = "cifar10-mini",
-                                epochs: int | None = None, device: str = "auto",
-                                out_dir: str | Path = "runs/quickstart") -> dict[str, Path]:
+def execute_quickstart_notebook(
+    method: str = "moco",
+    dataset: str = "cifar10-mini",
+    epochs: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path = "runs/quickstart",
+) -> dict[str, Path]:
     """Run the quickstart notebook headless with papermill; returns the output paths."""
     import papermill
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     executed = out / "00_quickstart.ipynb"
-    params = {"method": method, "dataset": dataset, "epochs": epochs, "device": device, "out_dir": str(out)}
-    papermill.execute_notebook(str(QUICKSTART_NOTEBOOK), str(executed), parameters=params,
-                               cwd=str(REPO_ROOT), progress_bar=False, log_output=True)
-    return {"notebook": executed, "metrics": out / "metrics.json", "run": out / "run",
-            "curves": out / "curves.png"}
+    params = {
+        "method": method,
+        "dataset": dataset,
+        "epochs": epochs,
+        "device": device,
+        "out_dir": str(out),
+    }
+    papermill.execute_notebook(
+        str(QUICKSTART_NOTEBOOK),
+        str(executed),
+        parameters=params,
+        cwd=str(REPO_ROOT),
+        progress_bar=False,
+        log_output=True,
+    )
+    return {
+        "notebook": executed,
+        "metrics": out / "metrics.json",
+        "run": out / "run",
+        "curves": out / "curves.png",
+    }

@@ -71,7 +71,9 @@ def yaml_ready(value: Any) -> Any:
     return value
 
 
-def load_train_data(config: TrainConfig, device: torch.device) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+def load_train_data(
+    config: TrainConfig, device: torch.device
+) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
     """Training images (on `device`) and, when labels exist, the kNN memory and test sets."""
     train_set = load_dataset(config.data, "train", root=config.data_root).to(device)
     if not train_set.has_labels:
@@ -139,7 +141,9 @@ class Trainer:
         if self.world == 1:
             return method
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(method, device_ids=device_ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(
+            method, device_ids=device_ids, broadcast_buffers=False
+        )
 
     @property
     def uses_cuda_tricks(self) -> bool:
@@ -192,13 +196,17 @@ class Trainer:
         # other ranks re-derive theirs so they stay distinct).
         self.aug_generator.set_state(rng["augment"].cpu())
         if self.rank:
-            self.aug_generator.manual_seed(self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch)
+            self.aug_generator.manual_seed(
+                self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
+            )
         self.metrics = [m for m in read_metrics(self.out) if m["epoch"] <= self.epoch]
 
     # ---- the loop -----------------------------------------------------------------------------
     def epoch_order(self) -> Tensor:
         """This rank's image indices for one epoch: a shared permutation, split by rank."""
-        order = torch.randperm(len(self.train_set), generator=self.order_generator, device=self.device)
+        order = torch.randperm(
+            len(self.train_set), generator=self.order_generator, device=self.device
+        )
         return order[self.rank :: self.world]
 
     def train_step(self, indices: Tensor) -> dict[str, Tensor]:
@@ -241,7 +249,9 @@ class Trainer:
             if (i + 1) % self.config.log_every == 0 or i + 1 == self.steps_per_epoch:
                 self.check_finite(sums["loss"])
                 if bar is not None:
-                    bar.set_postfix(loss=f"{sums['loss'].item() / (i + 1):.4f}", lr=f"{self.current_lr():.3g}")
+                    bar.set_postfix(
+                        loss=f"{sums['loss'].item() / (i + 1):.4f}", lr=f"{self.current_lr():.3g}"
+                    )
             if bar is not None:
                 bar.update(1)
         if self.device.type == "cuda":
@@ -257,11 +267,30 @@ class Trainer:
         if self.memory_set is None or self.test_set is None:
             return None
         aug = self.method.augment.config
-        memory = extract_features(self.method.backbone, self.memory_set.images, mean=aug.mean, std=aug.std, device=self.device)
-        test = extract_features(self.method.backbone, self.test_set.images, mean=aug.mean, std=aug.std, device=self.device)
+        memory = extract_features(
+            self.method.backbone,
+            self.memory_set.images,
+            mean=aug.mean,
+            std=aug.std,
+            device=self.device,
+        )
+        test = extract_features(
+            self.method.backbone,
+            self.test_set.images,
+            mean=aug.mean,
+            std=aug.std,
+            device=self.device,
+        )
         k = min(self.config.knn_k, len(memory))
-        return knn_top1(memory, self.memory_set.labels, test, self.test_set.labels,
-                        self.memory_set.num_classes, k=k, temperature=self.config.knn_temperature)
+        return knn_top1(
+            memory,
+            self.memory_set.labels,
+            test,
+            self.test_set.labels,
+            self.memory_set.num_classes,
+            k=k,
+            temperature=self.config.knn_temperature,
+        )
 
     def should_evaluate(self) -> bool:
         every = self.config.eval_every
@@ -293,7 +322,9 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         if dist_utils.is_main_process():
             write_metrics(self.out, self.metrics)  # drops epochs after the checkpoint
-            (self.out / CONFIG_NAME).write_text(yaml.safe_dump(yaml_ready(self.config.to_dict()), sort_keys=False))
+            (self.out / CONFIG_NAME).write_text(
+                yaml.safe_dump(yaml_ready(self.config.to_dict()), sort_keys=False)
+            )
 
     def fit(self, resume: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
         """Train to `config.epochs` (resuming from the run folder's checkpoint when present).
@@ -307,7 +338,13 @@ class Trainer:
             last_epoch = min(last_epoch, self.epoch + stop_after_epochs)
         bar = None
         if self.progress:
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=self.total_steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
         try:
             while self.epoch < last_epoch:
                 if bar is not None:
@@ -325,10 +362,16 @@ class Trainer:
         return TrainResult(self.out, self.method, self.metrics)
 
 
-def train(config: TrainConfig, resume: bool = True, stop_after_epochs: int | None = None,
-          progress: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    resume: bool = True,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train `config` into `config.out`; see `Trainer.fit`."""
-    return Trainer(config, progress=progress).fit(resume=resume, stop_after_epochs=stop_after_epochs)
+    return Trainer(config, progress=progress).fit(
+        resume=resume, stop_after_epochs=stop_after_epochs
+    )
 
 
 def read_metrics(out: str | Path) -> list[dict[str, Any]]:

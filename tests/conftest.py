@@ -27,16 +27,32 @@ def mini_test():
 def tiny_npz(tmp_path_factory, mini_train, mini_test) -> Path:
     """256 training and 128 test images in the embedded format: fast runs for trainer tests."""
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    write_npz(path, {"train": mini_train.subset(torch.arange(256)), "test": mini_test.subset(torch.arange(128))})
+    write_npz(
+        path,
+        {
+            "train": mini_train.subset(torch.arange(256)),
+            "test": mini_test.subset(torch.arange(128)),
+        },
+    )
     return path
 
 
 def cpu_config(out: Path, data: str, **overrides):
     """A CPU-sized MoCo config: small ConvNet, small queue, kNN every epoch."""
     keys = {
-        "method": "moco", "data": data, "device": "cpu", "backbone": "convnet", "epochs": 2,
-        "batch_size": 64, "lr": 0.06, "eval_every": 1, "checkpoint_every": 1, "knn_k": 20,
-        "queue_size": 256, "out": str(out), "log_every": 2,
+        "method": "moco",
+        "data": data,
+        "device": "cpu",
+        "backbone": "convnet",
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.06,
+        "eval_every": 1,
+        "checkpoint_every": 1,
+        "knn_k": 20,
+        "queue_size": 256,
+        "out": str(out),
+        "log_every": 2,
     }
     keys.update(overrides)
     return build_config(keys)

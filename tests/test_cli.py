@@ -4,9 +4,29 @@ from interlab.cli import main
 
 
 def train_args(out, data, *extra):
-    return ["train", "--method", "moco", "--data", data, "--epochs", "1", "--batch-size", "64",
-            "--out", str(out), "--device", "cpu", "--set", "backbone=convnet", "--set", "queue_size=256",
-            "--set", "knn_k=20", "--no-progress", *extra]
+    return [
+        "train",
+        "--method",
+        "moco",
+        "--data",
+        data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--set",
+        "backbone=convnet",
+        "--set",
+        "queue_size=256",
+        "--set",
+        "knn_k=20",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_train_then_eval_prints_fractions(tmp_path, tiny_npz, capsys):
@@ -14,7 +34,22 @@ def test_train_then_eval_prints_fractions(tmp_path, tiny_npz, capsys):
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["epoch"] == 1 and 0 <= trained["knn_top1"] <= 1
     checkpoint = tmp_path / "run" / "checkpoint.pt"
-    assert main(["eval", "--checkpoint", str(checkpoint), "--knn", "--linear", "--device", "cpu", "--k", "20"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(checkpoint),
+                "--knn",
+                "--linear",
+                "--device",
+                "cpu",
+                "--k",
+                "20",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(scores) == {"knn_top1", "linear_top1"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())

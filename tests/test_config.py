@@ -15,12 +15,12 @@ def test_overrides_reach_trainer_augment_and_method_keys():
 
 
 def test_unknown_method_lists_valid_methods():
-    with pytest.raises(ValueError, match="unknown method 'mocov9'.*moco, simclr"):
+    with pytest.raises(ValueError, match=r"unknown method 'mocov9'.*moco, simclr"):
         build_config({"method": "mocov9"})
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ValueError, match="unknown key 'queue_sise'.*queue_size"):
+    with pytest.raises(ValueError, match=r"unknown key 'queue_sise'.*queue_size"):
         build_config({"method": "moco", "queue_sise": 10})
     with pytest.raises(ValueError, match="unknown key 'queue_size' for method 'simclr'"):
         build_config({"method": "simclr", "queue_size": 10})

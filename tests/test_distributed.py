@@ -16,13 +16,19 @@ def free_port() -> int:
 
 
 def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     from interlab.train import Trainer
 
-    config = cpu_config(out, data, epochs=1, batch_size=32, eval_every=0, checkpoint_every=1,
-                        queue_size=384)
+    config = cpu_config(
+        out, data, epochs=1, batch_size=32, eval_every=0, checkpoint_every=1, queue_size=384
+    )
     trainer = Trainer(config, progress=False)
     initial_queue = trainer.method.queue.clone()
     trainer.order_generator.manual_seed(123)
@@ -30,8 +36,10 @@ def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
     trainer.order_generator.manual_seed(config.seed)
     trainer.fit(resume=False)
     state = {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}
-    torch.save({"state": state, "initial_queue": initial_queue, "order": order.cpu()},
-               os.path.join(out, f"rank{rank}.pt"))
+    torch.save(
+        {"state": state, "initial_queue": initial_queue, "order": order.cpu()},
+        os.path.join(out, f"rank{rank}.pt"),
+    )
     torch.distributed.destroy_process_group()
 
 

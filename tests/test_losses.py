@@ -17,7 +17,9 @@ def test_info_nce_matches_hand_computed_value():
     positive = unit([0.5, math.sqrt(3) / 2])
     negatives = unit([0.0, 1.0], [-1.0, 0.0])
     t = 0.5
-    expected = -math.log(math.exp(0.5 / t) / (math.exp(0.5 / t) + math.exp(0.0 / t) + math.exp(-1.0 / t)))
+    expected = -math.log(
+        math.exp(0.5 / t) / (math.exp(0.5 / t) + math.exp(0.0 / t) + math.exp(-1.0 / t))
+    )
     assert info_nce(query, positive, negatives, t).item() == pytest.approx(expected, abs=1e-6)
 
 

@@ -24,7 +24,9 @@ def test_every_notebook_has_a_parameters_cell():
 
 
 def test_quickstart_runs_headless_with_papermill(tmp_path, tiny_npz):
-    paths = execute_quickstart_notebook(dataset=f"npz:{tiny_npz}", epochs=1, device="cpu", out_dir=tmp_path)
+    paths = execute_quickstart_notebook(
+        dataset=f"npz:{tiny_npz}", epochs=1, device="cpu", out_dir=tmp_path
+    )
     summary = json.loads(paths["metrics"].read_text())
     assert 0 <= summary["knn_top1"] <= 1 and 0 <= summary["knn_top1_untrained"] <= 1
     assert summary["epochs"] == 1 and summary["device"].startswith("cpu")

@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
 from interlab.quickstart import quickstart_config, untrained_knn
+from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
 from tests.conftest import cpu_config
 
 
@@ -29,7 +29,11 @@ def test_metrics_config_and_checkpoint_are_written(tmp_path, tiny_npz):
 def test_resumed_run_reaches_the_same_weights(tmp_path, tiny_npz):
     data = f"npz:{tiny_npz}"
     straight = train(cpu_config(tmp_path / "a", data, epochs=4, checkpoint_every=2), progress=False)
-    train(cpu_config(tmp_path / "b", data, epochs=4, checkpoint_every=2), stop_after_epochs=2, progress=False)
+    train(
+        cpu_config(tmp_path / "b", data, epochs=4, checkpoint_every=2),
+        stop_after_epochs=2,
+        progress=False,
+    )
     assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)["epoch"] == 2
     resumed = train(cpu_config(tmp_path / "b", data, epochs=4, checkpoint_every=2), progress=False)
     a, b = straight.method.state_dict(), resumed.method.state_dict()
@@ -52,7 +56,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_npz
         return outputs
 
     trainer.method.forward = poisoned_forward
-    with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 2.*checkpoint"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan in epoch 2.*checkpoint"):
         trainer.fit()
     state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=False)
     assert state["epoch"] == 1
@@ -62,13 +66,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_npz
 
 def test_batch_larger_than_data_is_rejected(tmp_path, tiny_npz):
     with pytest.raises(ValueError, match="batch_size=512"):
-        Trainer(cpu_config(tmp_path, f"npz:{tiny_npz}", batch_size=512, queue_size=1024), progress=False)
+        Trainer(
+            cpu_config(tmp_path, f"npz:{tiny_npz}", batch_size=512, queue_size=1024), progress=False
+        )
 
 
 def test_short_moco_run_beats_the_untrained_network(tmp_path):
     """The CPU quickstart set-up: MoCo v2 on the mini data must clearly improve kNN top-1."""
-    config = quickstart_config(device="cpu", epochs=6, out_dir=str(tmp_path), overrides={"eval_every": 6})
+    config = quickstart_config(device="cpu", epochs=8, out_dir=str(tmp_path))
     before = untrained_knn(config)
     after = train(config, progress=False).final["knn_top1"]
     print(json.dumps({"untrained": before, "trained": after}))
-    assert after > before + 0.04
+    # Measured: 0.297 -> 0.391 (+9.4 points) in 8 epochs; assert a safe part of it.
+    assert after > before + 0.05

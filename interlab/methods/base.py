@@ -30,7 +30,9 @@ def build_encoder(
 ) -> Encoder:
     backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
     hidden = proj_hidden or backbone.feature_dim
-    head = MLPHead(backbone.feature_dim, hidden, proj_dim, num_layers=proj_layers, batch_norm=batch_norm)
+    head = MLPHead(
+        backbone.feature_dim, hidden, proj_dim, num_layers=proj_layers, batch_norm=batch_norm
+    )
     return Encoder(backbone, head)
 
 

@@ -57,7 +57,11 @@ class MoCo(Method):
                 f"({keys_per_step}); use a larger queue or a smaller batch"
             )
         self.encoder = build_encoder(
-            config, options.proj_dim, options.proj_hidden, options.proj_layers, batch_norm=options.proj_bn
+            config,
+            options.proj_dim,
+            options.proj_hidden,
+            options.proj_layers,
+            batch_norm=options.proj_bn,
         )
         if options.split_bn > 1 and world_size() == 1:
             convert_split_batchnorm(self.encoder, options.split_bn)
