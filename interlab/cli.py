@@ -139,15 +139,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_quickstart(args: argparse.Namespace) -> int:
+    from papermill.exceptions import PapermillExecutionError
+
     from interlab.quickstart import execute_quickstart_notebook
 
-    paths = execute_quickstart_notebook(
-        method=args.method,
-        dataset=args.data,
-        epochs=args.epochs,
-        device=args.device,
-        out_dir=args.out,
-    )
+    try:
+        paths = execute_quickstart_notebook(
+            method=args.method,
+            dataset=args.data,
+            epochs=args.epochs,
+            device=args.device,
+            out_dir=args.out,
+            progress=True,
+        )
+    except PapermillExecutionError as error:
+        print(
+            f"interlab quickstart: a notebook cell failed: {error.ename}: {error.evalue}\n"
+            f"  the executed notebook with the traceback is in {args.out}",
+            file=sys.stderr,
+        )
+        return 1
     summary = json.loads(paths["metrics"].read_text())
     print(
         f"quickstart done: kNN top-1 {summary['knn_top1']:.3f} trained vs "

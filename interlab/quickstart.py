@@ -146,8 +146,12 @@ def execute_quickstart_notebook(
     epochs: int | None = None,
     device: str = "auto",
     out_dir: str | Path = "runs/quickstart",
+    progress: bool = False,
 ) -> dict[str, Path]:
-    """Run the quickstart notebook headless with papermill; returns the output paths."""
+    """Run the quickstart notebook headless with papermill; returns the output paths.
+
+    `progress` shows papermill's per-cell bar (the training cell is the long one).
+    """
     import papermill
 
     out = Path(out_dir).resolve()
@@ -165,8 +169,7 @@ def execute_quickstart_notebook(
         str(executed),
         parameters=params,
         cwd=str(REPO_ROOT),
-        progress_bar=False,
-        log_output=True,
+        progress_bar=progress,
     )
     return {
         "notebook": executed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,13 +26,35 @@ class Encoder(nn.Module):
         return F.normalize(self.head(self.backbone(images)), dim=1)
 
 
-def build_encoder(
-    config: TrainConfig, proj_dim: int, proj_hidden: int | None, proj_layers: int, batch_norm: bool
-) -> Encoder:
+@dataclass
+class ProjectionOptions:
+    """Options every contrastive method shares: its projection head and its temperature."""
+
+    proj_dim: int = 128
+    proj_hidden: int | None = None  # None: the backbone's feature width
+    proj_layers: int = 2  # 1 = a plain linear layer, 2+ = an MLP
+    proj_bn: bool = False  # BN inside the MLP head
+    temperature: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.proj_dim < 1:
+            raise ValueError(f"proj_dim must be >= 1; got {self.proj_dim}")
+        if self.proj_layers < 1:
+            raise ValueError(f"proj_layers must be >= 1; got {self.proj_layers}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0; got {self.temperature}")
+
+
+def build_encoder(config: TrainConfig, options: ProjectionOptions) -> Encoder:
+    """The configured backbone with the options' projection head."""
     backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
-    hidden = proj_hidden or backbone.feature_dim
+    hidden = options.proj_hidden or backbone.feature_dim
     head = MLPHead(
-        backbone.feature_dim, hidden, proj_dim, num_layers=proj_layers, batch_norm=batch_norm
+        backbone.feature_dim,
+        hidden,
+        options.proj_dim,
+        num_layers=options.proj_layers,
+        batch_norm=options.proj_bn,
     )
     return Encoder(backbone, head)
 

@@ -12,34 +12,28 @@ from interlab.augment import AugmentConfig
 from interlab.config import TrainConfig
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import info_nce
-from interlab.methods.base import Method, build_encoder
+from interlab.methods.base import Method, ProjectionOptions, build_encoder
 from interlab.nets import convert_split_batchnorm, make_momentum_copy, momentum_update
 
 
 @dataclass
-class MoCoOptions:
-    proj_dim: int = 128
-    proj_hidden: int | None = None  # None: the backbone's feature width (MoCo v2)
-    proj_layers: int = 2  # 1 = the CIFAR-10 recipe's linear fc, 2 = MoCo v2's MLP
-    proj_bn: bool = False  # BN inside the MLP head (MoCo v3 / SimCLR style)
+class MoCoOptions(ProjectionOptions):
+    """MoCo v2 defaults (MLP head of the backbone's width); the CIFAR-10 recipe is a named config."""
+
     queue_size: int = 4096
     encoder_momentum: float = 0.99
-    temperature: float = 0.2
     symmetric: bool = False
     split_bn: int = 8  # BN groups emulating shuffle-BN on one device; 1 = plain BN
     shuffle_keys: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.queue_size <= 0:
             raise ValueError(f"queue_size must be > 0; got {self.queue_size}")
         if not 0.0 <= self.encoder_momentum <= 1.0:
             raise ValueError(f"encoder_momentum must be in [0, 1]; got {self.encoder_momentum}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0; got {self.temperature}")
         if self.split_bn < 1:
             raise ValueError(f"split_bn must be >= 1; got {self.split_bn}")
-        if self.proj_layers < 1:
-            raise ValueError(f"proj_layers must be >= 1; got {self.proj_layers}")
 
 
 class MoCo(Method):
@@ -56,13 +50,7 @@ class MoCo(Method):
                 f"queue_size={options.queue_size} is smaller than the keys enqueued per step "
                 f"({keys_per_step}); use a larger queue or a smaller batch"
             )
-        self.encoder = build_encoder(
-            config,
-            options.proj_dim,
-            options.proj_hidden,
-            options.proj_layers,
-            batch_norm=options.proj_bn,
-        )
+        self.encoder = build_encoder(config, options)
         if options.split_bn > 1 and world_size() == 1:
             convert_split_batchnorm(self.encoder, options.split_bn)
         self.key_encoder = make_momentum_copy(self.encoder)

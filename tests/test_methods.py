@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from interlab.augment import AugmentConfig
+from interlab.config import build_config
+from interlab.losses import info_nce, nt_xent
+from interlab.methods import build_method
+
+
+def make(method: str, **keys):
+    config = build_config({"method": method, "backbone": "convnet", "batch_size": 8, **keys})
+    torch.manual_seed(0)
+    return build_method(config, AugmentConfig())
+
+
+def views(batch: int = 8) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(batch, 3, 32, 32, generator=generator) for _ in range(2)]
+
+
+def test_queue_wraps_around_and_keeps_fifo_order():
+    moco = make("moco", queue_size=10, split_bn=1)
+    batches = [F.normalize(torch.randn(4, 128), dim=1) for _ in range(3)]
+    for keys in batches:
+        moco.enqueue(keys)
+    assert int(moco.queue_ptr) == 2  # 12 keys into 10 slots
+    assert torch.equal(moco.queue[0:2], batches[2][2:4])  # the oldest two were overwritten
+    assert torch.equal(moco.queue[4:8], batches[1])
+    assert torch.equal(moco.queue[8:10], batches[2][0:2])
+
+
+def test_shuffled_keys_come_back_in_batch_order():
+    moco = make("moco", split_bn=1)
+    moco.key_encoder.eval()  # batch-independent, so shuffling must not change any key
+    images = views()[0]
+    moco.generator = torch.Generator().manual_seed(5)
+    shuffled = moco.keys(images)
+    moco.options.shuffle_keys = False
+    assert torch.allclose(shuffled, moco.keys(images), atol=1e-6)
+
+
+def test_symmetric_loss_is_the_sum_of_both_directions():
+    moco = make("moco", symmetric=True, shuffle_keys=False, split_bn=1, queue_size=64)
+    moco.train()
+    v1, v2 = views()
+    queue = moco.queue.clone()
+    torch.manual_seed(3)
+    loss = moco(views(), torch.arange(8))["loss"]
+    with torch.no_grad():
+        q1, q2 = moco.encoder(v1), moco.encoder(v2)
+        k1, k2 = moco.key_encoder(v1), moco.key_encoder(v2)
+    expected = info_nce(q1, k2, queue, 0.2) + info_nce(q2, k1, queue, 0.2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(moco.queue[:16], torch.cat([k2, k1]))
+
+
+def test_momentum_step_moves_keys_towards_queries():
+    moco = make("moco", encoder_momentum=0.9, split_bn=1)
+    with torch.no_grad():
+        for p in moco.encoder.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in moco.key_encoder.parameters()]
+    moco.after_step(0.5)
+    for old, new, online in zip(
+        before, moco.key_encoder.parameters(), moco.encoder.parameters(), strict=True
+    ):
+        assert torch.allclose(new, 0.9 * old + 0.1 * online)
+        assert not new.requires_grad
+
+
+def test_queue_smaller_than_a_step_is_rejected():
+    with pytest.raises(
+        ValueError, match="queue_size=8 is smaller than the keys enqueued per step \\(16\\)"
+    ):
+        make("moco", queue_size=8, symmetric=True)
+
+
+def test_simclr_loss_is_nt_xent_of_its_embeddings():
+    simclr = make("simclr")
+    simclr.eval()
+    v1, v2 = views()
+    loss = simclr([v1, v2], torch.arange(8))["loss"]
+    expected = nt_xent(simclr.encoder(v1), simclr.encoder(v2), 0.5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
