@@ -33,6 +33,7 @@ def extract_features(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
     device: torch.device | str | None = None,
+    progress: bool = True,
 ) -> Tensor:
     """L2-normalised float32 features (N, D) of uint8 NHWC `images`, computed on `device`.
 
@@ -47,7 +48,7 @@ def extract_features(
     modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
     try:
-        return _features_in_batches(backbone, images, batch_size, mean, std, device)
+        return _features_in_batches(backbone, images, batch_size, mean, std, device, progress)
     finally:
         for module, training in modes:
             module.training = training
@@ -60,12 +61,15 @@ def _features_in_batches(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
+    progress: bool = True,
 ) -> Tensor:
     """Fill a preallocated (N, D) tensor batch by batch (no N-sized concatenation copy)."""
     on_cuda = device.type == "cuda"
     features: Tensor | None = None
     count = images.shape[0]
-    for start in tqdm(range(0, count, batch_size), desc="features", leave=False):
+    for start in tqdm(
+        range(0, count, batch_size), desc="features", leave=False, disable=not progress
+    ):
         batch = to_float(
             images[start : start + batch_size].to(device, non_blocking=True), mean, std
         )

@@ -6,6 +6,8 @@ cross-entropy against index 0, so all of them can be checked by hand on a few ve
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -73,3 +75,55 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     logits = logits.masked_fill(self_mask, float("-inf"))
     partner = torch.arange(2 * batch, device=z.device).roll(batch)
     return F.cross_entropy(logits, partner)
+
+
+MARGIN_KINDS = ("cos", "arc")
+
+
+def apply_margin(cosine: Tensor, margin: float, kind: str) -> Tensor:
+    """The positive logit under a decision margin (MarginNCE).
+
+    `cos`: cos(theta) - m (additive cosine margin; m < 0 loosens the boundary).
+    `arc`: cos(theta + m) (angular margin). Where theta + m would leave [0, pi] the usual
+    ArcFace fallbacks keep the logit monotonic in theta: cos(theta) + |m| sin|m| when m < 0
+    and theta <= |m|, cos(theta) - m sin(m) when m > 0 and theta >= pi - m.
+    """
+    if kind not in MARGIN_KINDS:
+        raise ValueError(f"unknown margin kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
+    if margin == 0:
+        return cosine
+    if kind == "cos":
+        return cosine - margin
+    cosine = cosine.float()
+    theta = torch.acos(cosine.clamp(-1 + 1e-7, 1 - 1e-7))
+    shifted = torch.cos(theta + margin)
+    if margin < 0:
+        fallback = cosine + abs(margin) * math.sin(abs(margin))
+        return torch.where(theta <= abs(margin), fallback, shifted)
+    fallback = cosine - margin * math.sin(margin)
+    return torch.where(theta >= math.pi - margin, fallback, shifted)
+
+
+def margin_nce(
+    query: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    margin: float = 0.0,
+    kind: str = "cos",
+) -> Tensor:
+    """InfoNCE with a margin on the positive logit only (InterCLR's MarginNCE).
+
+    A negative margin makes the boundary less stringent; margin 0 is exactly `info_nce`.
+    """
+    if kind not in MARGIN_KINDS:
+        raise ValueError(f"unknown margin kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
+    if margin == 0:
+        return info_nce(query, positive, negatives, temperature)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    logits = contrastive_logits(query, positive, negatives).float()
+    positive_logit = apply_margin(logits[:, :1], margin, kind)
+    logits = torch.cat([positive_logit, logits[:, 1:]], dim=1) / temperature
+    targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, targets)

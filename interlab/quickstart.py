@@ -65,7 +65,7 @@ def quickstart_config(
         "checkpoint_every": 5,
         **(GPU_SETTINGS if on_gpu else CPU_SETTINGS),
     }
-    if method == "moco":
+    if method in ("moco", "interclr"):  # InterCLR's intra branch is MoCo v2
         keys.update(MOCO_GPU if on_gpu else MOCO_CPU)
     if epochs is not None:
         keys["epochs"] = epochs
@@ -79,7 +79,9 @@ def untrained_knn(config: TrainConfig) -> float:
     train_set = load_dataset(config.data, "train", root=config.data_root).to(device)
     test_set = load_dataset(config.data, "test", root=config.data_root).to(device)
     torch.manual_seed(config.seed)
-    method = build_method(config, config.augment_config(train_set.image_size)).to(device)
+    method = build_method(config, config.augment_config(train_set.image_size), len(train_set)).to(
+        device
+    )
     aug = method.augment.config
     memory = extract_features(
         method.backbone, train_set.images, mean=aug.mean, std=aug.std, device=device

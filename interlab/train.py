@@ -126,7 +126,7 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------
     def _build_method(self) -> Method:
         augment = self.config.augment_config(self.train_set.image_size)
-        method = build_method(self.config, augment).to(self.device)
+        method = build_method(self.config, augment, len(self.train_set)).to(self.device)
         if self.world > 1 and self.device.type == "cuda":
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         if self.uses_cuda_tricks and self.config.channels_last:
@@ -163,6 +163,7 @@ class Trainer:
         return {
             "config": self.config.to_dict(),
             "image_size": self.train_set.image_size,
+            "num_samples": len(self.train_set),
             "epoch": self.epoch,
             "step": self.step,
             "method": self.method.state_dict(),
@@ -220,8 +221,8 @@ class Trainer:
         outputs["loss"].backward()
         self.optimizer.step()
         self.step += 1
-        self.method.after_step(self.step / self.total_steps)
-        return outputs
+        logged = self.method.after_step(self.step / self.total_steps)
+        return {**outputs, **(logged or {})}
 
     def current_lr(self) -> float:
         warmup = round(self.config.warmup_epochs * self.steps_per_epoch)
@@ -238,6 +239,7 @@ class Trainer:
 
     def train_epoch(self, bar: tqdm | None) -> dict[str, float]:
         self.model.train()
+        self.method.on_epoch_start(self.epoch)
         order = self.epoch_order()
         batch = self.config.batch_size
         sums: dict[str, Tensor] = {}
@@ -273,6 +275,7 @@ class Trainer:
             mean=aug.mean,
             std=aug.std,
             device=self.device,
+            progress=False,
         )
         test = extract_features(
             self.method.backbone,
@@ -280,6 +283,7 @@ class Trainer:
             mean=aug.mean,
             std=aug.std,
             device=self.device,
+            progress=False,
         )
         k = min(self.config.knn_k, len(memory))
         return knn_top1(
@@ -300,9 +304,9 @@ class Trainer:
         return self.epoch == self.config.epochs or self.epoch % self.config.checkpoint_every == 0
 
     def end_epoch(self, figures: dict[str, float]) -> dict[str, Any]:
-        dist_utils.broadcast_buffers(self.method)  # ranks agree on BN statistics, queues, banks
         record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **figures}
         record.update(self.method.on_epoch_end(self.epoch))
+        dist_utils.broadcast_buffers(self.method)  # ranks agree on BN statistics, queues, banks
         if self.should_evaluate():
             knn = self.knn_accuracy()
             if knn is not None:
@@ -326,6 +330,11 @@ class Trainer:
                 yaml.safe_dump(yaml_ready(self.config.to_dict()), sort_keys=False)
             )
 
+    def start_method(self) -> None:
+        """Let the method prepare (e.g. cluster the bank), then give every rank rank 0's buffers."""
+        self.method.on_fit_start(self.train_set)
+        dist_utils.broadcast_buffers(self.method)
+
     def fit(self, resume: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
         """Train to `config.epochs` (resuming from the run folder's checkpoint when present).
 
@@ -333,6 +342,7 @@ class Trainer:
         sliced into time-limited calls that each resume where the last one stopped.
         """
         self.start_run_folder(resume)
+        self.start_method()
         last_epoch = self.config.epochs
         if stop_after_epochs is not None:
             last_epoch = min(last_epoch, self.epoch + stop_after_epochs)
@@ -397,7 +407,8 @@ def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[TrainCon
     if not isinstance(state, dict) or "config" not in state or "method" not in state:
         raise ValueError(f"{path} is not an interlab checkpoint (no config/method entries)")
     config = config_from_dict(state["config"])
-    method = build_method(config, config.augment_config(state["image_size"])).to(target)
+    augment = config.augment_config(state["image_size"])
+    method = build_method(config, augment, state.get("num_samples", 0)).to(target)
     method.load_state_dict(state["method"])
     method.eval()
     return config, method

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interlab.losses import info_nce, nt_xent
+from interlab.losses import apply_margin, info_nce, margin_nce, nt_xent
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -72,3 +72,63 @@ def test_nt_xent_equals_info_nce_over_other_views():
         others = [j for j in range(6) if j not in (i, partner)]
         losses.append(info_nce(z[i : i + 1], z[partner : partner + 1], z[others], 0.3))
     assert nt_xent(z1, z2, 0.3).item() == pytest.approx(torch.stack(losses).mean().item(), abs=1e-6)
+
+
+def hand_margin_loss(positive_logit: float, negative_logits: list[float], t: float) -> float:
+    logits = [positive_logit, *negative_logits]
+    return -math.log(math.exp(logits[0] / t) / sum(math.exp(x / t) for x in logits))
+
+
+# The query along x, the positive at 60 degrees (cos 0.5), negatives at 90 and 180 degrees.
+QUERY, POSITIVE = unit([1.0, 0.0]), unit([0.5, math.sqrt(3) / 2])
+NEGATIVES = unit([0.0, 1.0], [-1.0, 0.0])
+THETA = math.pi / 3
+
+
+@pytest.mark.parametrize(
+    ("margin", "kind", "positive_logit"),
+    [
+        (-0.5, "cos", 0.5 + 0.5),  # cos(theta) - m, the released default: less stringent
+        (0.5, "cos", 0.5 - 0.5),  # a stricter, CosFace-like boundary
+        (0.3, "arc", math.cos(THETA + 0.3)),
+        (-0.3, "arc", math.cos(THETA - 0.3)),
+    ],
+)
+def test_margin_nce_matches_hand_computed_values(margin, kind, positive_logit):
+    t = 0.2
+    expected = hand_margin_loss(positive_logit, [0.0, -1.0], t)
+    loss = margin_nce(QUERY, POSITIVE, NEGATIVES, t, margin, kind)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_arc_margin_fallbacks_where_theta_plus_m_leaves_0_pi():
+    # Negative margin and theta <= |m|: cos(theta) + |m| sin|m| instead of cos(theta + m).
+    near = torch.tensor([[math.cos(0.2)]], dtype=torch.float64)
+    assert apply_margin(near, -0.5, "arc").item() == pytest.approx(
+        math.cos(0.2) + 0.5 * math.sin(0.5), abs=1e-6
+    )
+    # Positive margin and theta >= pi - m: cos(theta) - m sin(m).
+    far = torch.tensor([[math.cos(3.0)]], dtype=torch.float64)
+    assert apply_margin(far, 0.5, "arc").item() == pytest.approx(
+        math.cos(3.0) - 0.5 * math.sin(0.5), abs=1e-6
+    )
+
+
+def test_margin_zero_is_exactly_info_nce():
+    torch.manual_seed(0)
+    q, p = F.normalize(torch.randn(6, 16), dim=1), F.normalize(torch.randn(6, 16), dim=1)
+    negatives = F.normalize(torch.randn(6, 9, 16), dim=1)
+    for kind in ("cos", "arc"):
+        assert torch.equal(
+            margin_nce(q, p, negatives, 0.2, 0.0, kind), info_nce(q, p, negatives, 0.2)
+        )
+
+
+def test_negative_margin_lowers_the_loss_and_bad_kind_is_named():
+    torch.manual_seed(1)
+    q, p = F.normalize(torch.randn(6, 16), dim=1), F.normalize(torch.randn(6, 16), dim=1)
+    negatives = F.normalize(torch.randn(20, 16), dim=1)
+    losses = [margin_nce(q, p, negatives, 0.2, m).item() for m in (-0.5, 0.0, 0.5)]
+    assert losses[0] < losses[1] < losses[2]
+    with pytest.raises(ValueError, match="unknown margin kind 'sphere'"):
+        margin_nce(q, p, negatives, 0.2, 0.1, "sphere")

@@ -10,6 +10,7 @@ from interlab.augment import AugmentConfig
 METHOD_MODULES = {
     "moco": ("interlab.methods.moco", "MoCo"),
     "simclr": ("interlab.methods.simclr", "SimCLR"),
+    "interclr": ("interlab.methods.interclr", "InterCLR"),
 }
 METHOD_NAMES = tuple(METHOD_MODULES)
 
@@ -27,11 +28,11 @@ def method_options_class(name: str) -> type:
     return method_class(name).options_class
 
 
-def build_method(config: Any, augment: AugmentConfig) -> Any:
-    """Instantiate `config.method` with its checked options."""
+def build_method(config: Any, augment: AugmentConfig, num_samples: int = 0) -> Any:
+    """Instantiate `config.method` with its checked options for a training set of `num_samples`."""
     cls = method_class(config.method)
     options = cls.options_class(**config.method_options)
-    return cls(config, options, augment)
+    return cls(config, options, augment, num_samples)
 
 
 def method_defaults(name: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from interlab.augment import Augment, AugmentConfig
 from interlab.config import TrainConfig
+from interlab.data import ImageSet
 from interlab.nets import MLPHead, build_backbone
 
 
@@ -71,9 +72,12 @@ class Method(nn.Module):
     name: ClassVar[str]
     options_class: ClassVar[type]
 
-    def __init__(self, config: TrainConfig, options: Any, augment: AugmentConfig) -> None:
+    def __init__(
+        self, config: TrainConfig, options: Any, augment: AugmentConfig, num_samples: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
+        self.num_samples = num_samples  # training-set size (memory banks need it)
         self.options = options
         self.augment = Augment(augment)
         self.generator: torch.Generator | None = None  # set by the trainer, checkpointed there
@@ -90,8 +94,18 @@ class Method(nn.Module):
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def after_step(self, progress: float) -> None:
-        """Called after each optimiser step; `progress` runs from 0 to 1 over training."""
+    def on_fit_start(self, train_set: ImageSet) -> None:
+        """Called once per `fit`, after any resume, before the first step (banks fill here)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch; `epoch` counts from 0."""
+
+    def after_step(self, progress: float) -> dict[str, Tensor] | None:
+        """Called after each optimiser step; `progress` runs from 0 to 1 over training.
+
+        May return detached scalars to log alongside the forward's (averaged per epoch).
+        """
+        return None
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Per-epoch figures for metrics.jsonl (method specific)."""

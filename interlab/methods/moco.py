@@ -42,8 +42,14 @@ class MoCo(Method):
     name = "moco"
     options_class = MoCoOptions
 
-    def __init__(self, config: TrainConfig, options: MoCoOptions, augment: AugmentConfig) -> None:
-        super().__init__(config, options, augment)
+    def __init__(
+        self,
+        config: TrainConfig,
+        options: MoCoOptions,
+        augment: AugmentConfig,
+        num_samples: int = 0,
+    ) -> None:
+        super().__init__(config, options, augment, num_samples)
         keys_per_step = config.batch_size * world_size() * (2 if options.symmetric else 1)
         if keys_per_step > options.queue_size:
             raise ValueError(

@@ -27,8 +27,14 @@ class SimCLR(Method):
     name = "simclr"
     options_class = SimCLROptions
 
-    def __init__(self, config: TrainConfig, options: SimCLROptions, augment: AugmentConfig) -> None:
-        super().__init__(config, options, augment)
+    def __init__(
+        self,
+        config: TrainConfig,
+        options: SimCLROptions,
+        augment: AugmentConfig,
+        num_samples: int = 0,
+    ) -> None:
+        super().__init__(config, options, augment, num_samples)
         self.encoder = build_encoder(config, options)
 
     @property

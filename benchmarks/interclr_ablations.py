@@ -1,0 +1,131 @@
+"""The paper's three InterCLR studies at small scale: one table of kNN top-1 per variant.
+
+Every variant shares one base config and budget; only the named switches change.
+
+    python benchmarks/interclr_ablations.py --preset cpu            # embedded mini data, ConvNet
+    python benchmarks/interclr_ablations.py --preset gpu --data npz:PATH/cifar10.npz --epochs 100
+
+Each run lives in OUT/<variant>/ and resumes from its checkpoint, so rerunning skips finished
+runs and continues cut-off ones (a run that fails is recorded and the others go on). The
+table goes to OUT/ablations.md and OUT/ablations.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interlab.config import build_config, field_types, load_named_config
+from interlab.methods.interclr import InterCLROptions
+from interlab.methods.moco import MoCoOptions
+from interlab.quickstart import CPU_SETTINGS, MOCO_CPU
+from interlab.train import read_metrics, train
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "moco_v2": {"method": "moco"},
+    "interclr_default": {},
+    "offline_labels": {"online_labels": False},
+    "hard_negatives": {"neg_sampling": "hard"},
+    "random_negatives": {"neg_sampling": "random"},
+    "margin_0": {"margin": 0.0},
+    "margin_+0.5": {"margin": 0.5},
+}
+
+
+def base_keys(preset: str, data: str | None, epochs: int | None) -> dict[str, Any]:
+    if preset == "gpu":
+        keys = load_named_config("interclr_cifar10")
+        keys["data"] = data or keys["data"]
+    else:
+        keys = {"method": "interclr", "data": data or "cifar10-mini", "device": "cpu"}
+        keys.update(CPU_SETTINGS)
+        keys.update(MOCO_CPU)
+        keys.update(recluster_every=5)  # offline: 4 re-clusterings in the 20 CPU epochs
+    if epochs is not None:
+        keys["epochs"] = epochs
+    keys["eval_every"] = max(1, keys["epochs"] // 10)
+    return keys
+
+
+def variant_keys(base: dict[str, Any], changes: dict[str, Any], out: Path) -> dict[str, Any]:
+    keys = dict(base, **changes, out=str(out))
+    if keys["method"] == "moco":  # the baseline: the same config without the inter branch
+        inter_only = set(field_types(InterCLROptions)) - set(field_types(MoCoOptions))
+        keys = {k: v for k, v in keys.items() if k not in inter_only}
+    return keys
+
+
+def run_variant(name: str, keys: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = train(build_config(keys))
+    history = read_metrics(keys["out"])
+    final = result.final
+    return {
+        "variant": name,
+        "knn_top1": final.get("knn_top1"),
+        "nmi": final.get("nmi"),
+        "false_negative_rate": final.get("false_negative_rate"),
+        "epochs": final.get("epoch"),
+        "train_minutes": sum(r.get("epoch_time_s", 0) for r in history) / 60,
+        "call_seconds": time.perf_counter() - start,
+        "knn_curve": {r["epoch"]: r["knn_top1"] for r in history if "knn_top1" in r},
+    }
+
+
+def table(rows: list[dict[str, Any]], device: str) -> str:
+    lines = [
+        f"device: {device}; {time.strftime('%Y-%m-%d')}",
+        "",
+        "| variant | kNN top-1 | NMI | false-neg rate | epochs | train min |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value: Any, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | failed: {row['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {row['variant']} | {fmt(row['knn_top1'])} | {fmt(row['nmi'])} | "
+            f"{fmt(row['false_negative_rate'])} | {row['epochs']} | {fmt(row['train_minutes'], 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/out/interclr_ablations")
+    parser.add_argument("--only", nargs="*", choices=tuple(VARIANTS), default=None)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_keys(args.preset, args.data, args.epochs)
+    device = (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    )
+    rows = []
+    for name in args.only or VARIANTS:
+        try:
+            rows.append(run_variant(name, variant_keys(base, VARIANTS[name], out / name)))
+        except Exception as error:  # one failed run must not stop the others
+            traceback.print_exc()
+            rows.append({"variant": name, "error": f"{type(error).__name__}: {error}"})
+        (out / "ablations.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+        (out / "ablations.md").write_text(table(rows, device))
+    print(table(rows, device))
+
+
+if __name__ == "__main__":
+    main()

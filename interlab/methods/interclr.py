@@ -1,0 +1,278 @@
+"""InterCLR (Xie et al., IJCV 2022): MoCo v2 plus an inter-image branch over a clustered bank.
+
+The intra branch is MoCo v2 unchanged. The inter branch takes the same query embedding,
+draws its positive from the query's pseudo-label cluster in the memory bank and its
+negatives from outside it (random / hard / semi-hard / semi-easy), and scores them with
+MarginNCE. The three components the paper studies are switches:
+
+- `online_labels`: labels follow each step's features (True) or only change when the
+  whole bank is re-clustered every `recluster_every` epochs (False, DeepCluster-style);
+- `neg_sampling`: `random`, `hard`, `semihard` (default) or `semieasy`;
+- `margin` / `margin_kind`: the decision boundary (cos or arc; negative = less stringent).
+
+Bank-size-dependent defaults scale with the training set: about N/128 clusters, 1.3% of N
+negatives per query and a semi-hard pool of 10% of N (ImageNet's 10k / 16,384 / 128,000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interlab.augment import AugmentConfig
+from interlab.cluster import BACKENDS, cluster_scores, kmeans
+from interlab.config import TrainConfig
+from interlab.data import ImageSet
+from interlab.distributed import gather_cat
+from interlab.evaluate import extract_features
+from interlab.losses import MARGIN_KINDS, margin_nce
+from interlab.memory import MemoryBank
+from interlab.methods.moco import MoCo, MoCoOptions
+from interlab.sampling import NEGATIVE_STRATEGIES, sample_negatives, sample_positives
+
+MEAN_CLUSTER_SIZE = 128
+NEGATIVES_SHARE = 0.013
+POOL_SHARE = 0.10
+
+
+@dataclass
+class InterCLROptions(MoCoOptions):
+    """MoCo v2 options plus the inter-image branch; None means "scaled to the dataset"."""
+
+    online_labels: bool = True
+    neg_sampling: str = "semihard"
+    num_clusters: int | None = None  # ~ N / 128
+    num_negatives: int | None = None  # ~ 1.3% of N
+    pool: int | None = None  # semi-hard / semi-easy pool, ~ 10% of N
+    margin: float = -0.5
+    margin_kind: str = "cos"
+    intra_margin: float = 0.0  # the original's optional margin on the MoCo branch (off)
+    intra_weight: float = 0.75
+    inter_weight: float = 0.25
+    inter_temperature: float | None = None  # None: the intra branch's temperature
+    inter_warmup_epochs: int = 0  # inter weight 0 for these first epochs
+    bank_momentum: float = 1.0  # 1.0 = replace each entry with the newest key
+    min_cluster: int = 20
+    centroid_interval: int = 10  # steps between centroid refreshes (online)
+    recluster_every: int = 10  # epochs between full re-clusterings (offline)
+    kmeans_iterations: int = 20
+    kmeans_backend: str = "auto"
+    exclude_self_positive: bool = False  # the original may draw the query's own entry
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choices = {
+            "neg_sampling": (self.neg_sampling, NEGATIVE_STRATEGIES),
+            "margin_kind": (self.margin_kind, MARGIN_KINDS),
+            "kmeans_backend": (self.kmeans_backend, BACKENDS),
+        }
+        for key, (value, valid) in choices.items():
+            if value not in valid:
+                raise ValueError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+        at_least_one = (
+            "num_clusters",
+            "num_negatives",
+            "pool",
+            "min_cluster",
+            "centroid_interval",
+            "recluster_every",
+            "kmeans_iterations",
+        )
+        for key in at_least_one:
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1; got {value}")
+        if self.intra_weight < 0 or self.inter_weight < 0:
+            raise ValueError("intra_weight and inter_weight must be >= 0")
+        if self.inter_temperature is not None and self.inter_temperature <= 0:
+            raise ValueError(f"inter_temperature must be > 0; got {self.inter_temperature}")
+        if self.inter_warmup_epochs < 0:
+            raise ValueError(f"inter_warmup_epochs must be >= 0; got {self.inter_warmup_epochs}")
+
+    def scaled_to(self, num_samples: int) -> None:
+        """Fill the None sizes from the bank size and check they fit it."""
+        if num_samples < 2:
+            raise ValueError("interclr needs the training-set size (num_samples >= 2) for its bank")
+        if self.num_clusters is None:
+            self.num_clusters = max(2, round(num_samples / MEAN_CLUSTER_SIZE))
+        if self.num_negatives is None:
+            self.num_negatives = max(1, round(NEGATIVES_SHARE * num_samples))
+        if self.pool is None:
+            self.pool = max(self.num_negatives, round(POOL_SHARE * num_samples))
+        if self.num_clusters * 2 * self.min_cluster > num_samples:
+            raise ValueError(
+                f"num_clusters={self.num_clusters} with min_cluster={self.min_cluster} needs at "
+                f"least {self.num_clusters * 2 * self.min_cluster} images; the bank has {num_samples}"
+            )
+        for key in ("num_negatives", "pool"):
+            if getattr(self, key) >= num_samples:
+                raise ValueError(
+                    f"{key}={getattr(self, key)} must be smaller than the bank ({num_samples} images)"
+                )
+
+
+class InterCLR(MoCo):
+    """MoCo v2 + memory-bank inter-image contrast with pseudo-label positives."""
+
+    name = "interclr"
+    options_class = InterCLROptions
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        options: InterCLROptions,
+        augment: AugmentConfig,
+        num_samples: int = 0,
+    ) -> None:
+        options.scaled_to(num_samples)
+        config.method_options.update(  # config.yaml records the sizes actually used
+            num_clusters=options.num_clusters,
+            num_negatives=options.num_negatives,
+            pool=options.pool,
+        )
+        super().__init__(config, options, augment, num_samples)
+        self.memory = MemoryBank(
+            num_samples, options.proj_dim, options.num_clusters, options.bank_momentum
+        )
+        self.register_buffer("bank_steps", torch.zeros((), dtype=torch.long))
+        self.inter_active = options.inter_warmup_epochs == 0
+        self.true_labels: Tensor | None = None
+        self.train_images: Tensor | None = None
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    # ---- bank set-up and re-clustering ------------------------------------------------------
+    def on_fit_start(self, train_set: ImageSet) -> None:
+        if len(train_set) != self.memory.size:
+            raise ValueError(
+                f"the bank holds {self.memory.size} entries; the training set has {len(train_set)}"
+            )
+        self.train_images = train_set.images
+        self.true_labels = train_set.labels if train_set.has_labels else None
+        if not bool(self.memory.ready):  # a resumed run keeps its checkpointed bank
+            features, labels = self.cluster_training_set(seed=self.config.seed)
+            self.memory.initialize(features, labels)
+            if self.options.online_labels:  # an untrained net's k-means can be very unbalanced
+                self.memory.fix_small_clusters(self.options.min_cluster)
+                self.memory.refresh_centroids()
+
+    @torch.no_grad()
+    def embed_training_set(self) -> Tensor:
+        """Projection-head embeddings (L2-normalised) of every un-augmented training image."""
+        aug = self.augment.config
+        return extract_features(
+            self.encoder, self.train_images, mean=aug.mean, std=aug.std, progress=False
+        )
+
+    def cluster_training_set(self, seed: int) -> tuple[Tensor, Tensor]:
+        features = self.embed_training_set()
+        result = kmeans(
+            features,
+            self.options.num_clusters,
+            iterations=self.options.kmeans_iterations,
+            seed=seed,
+            backend=self.options.kmeans_backend,
+        )
+        return features, result.labels.to(features.device)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.inter_active = epoch >= self.options.inter_warmup_epochs
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        offline = not self.options.online_labels
+        if offline and epoch % self.options.recluster_every == 0 and epoch < self.config.epochs:
+            _, labels = self.cluster_training_set(seed=self.config.seed + epoch)
+            self.memory.assign_all(labels)  # labels only: the bank keeps its features
+            self.memory.refresh_centroids()
+        return self.cluster_figures()
+
+    def cluster_figures(self) -> dict[str, float]:
+        """Cluster sizes and, when true labels exist, NMI / ARI / purity of the pseudo-labels."""
+        sizes = self.memory.cluster_sizes().float()
+        figures = {
+            "cluster_size_min": sizes.min().item(),
+            "cluster_size_median": sizes.median().item(),
+            "cluster_size_max": sizes.max().item(),
+        }
+        if self.true_labels is not None:
+            figures.update(cluster_scores(self.true_labels, self.memory.labels))
+        return figures
+
+    # ---- one step ----------------------------------------------------------------------------
+    def contrast(self, query: Tensor, key: Tensor) -> Tensor:
+        queue = self.queue.clone().detach()
+        o = self.options
+        return margin_nce(query, key, queue, o.temperature, o.intra_margin, o.margin_kind)
+
+    def inter_contrast(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+        """MarginNCE against a cluster-mate and sampled non-cluster bank entries.
+
+        Returns the loss and, when true labels exist, the share of negatives that are in
+        fact the query's class (false negatives).
+        """
+        o = self.options
+        query = query.float()
+        with torch.no_grad():
+            positives = sample_positives(
+                self.memory, indices, self.generator, o.exclude_self_positive
+            )
+            negatives = sample_negatives(
+                self.memory, query, indices, o.neg_sampling, o.num_negatives, o.pool, self.generator
+            )
+        temperature = o.inter_temperature or o.temperature
+        loss = margin_nce(
+            query,
+            self.memory.features[positives],
+            self.memory.features[negatives],
+            temperature,
+            o.margin,
+            o.margin_kind,
+        )
+        false_negatives = None
+        if self.true_labels is not None:
+            own = self.true_labels[indices].unsqueeze(1)
+            false_negatives = (self.true_labels[negatives] == own).float().mean()
+        return loss, false_negatives
+
+    def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
+        view1, view2 = views
+        queries = [self.encoder(view1)]
+        keys = [self.keys(view2)]
+        if self.options.symmetric:
+            queries.append(self.encoder(view2))
+            keys.append(self.keys(view1))
+        # Symmetric runs sum both directions, as the MoCo recipe does.
+        intra = sum(self.contrast(q, k) for q, k in zip(queries, keys, strict=True))
+        outputs: dict[str, Tensor] = {"loss_intra": intra.detach()}
+        loss = self.options.intra_weight * intra
+        if self.inter_active:
+            inter_terms = [self.inter_contrast(q, indices) for q in queries]
+            inter = sum(term for term, _ in inter_terms)
+            loss = loss + self.options.inter_weight * inter
+            outputs["loss_inter"] = inter.detach()
+            if inter_terms[0][1] is not None:
+                outputs["false_negative_rate"] = inter_terms[0][1]
+        self.enqueue(torch.cat(keys))
+        self._pending = (indices, keys[0])  # the bank takes view 2's key, after the losses
+        outputs["loss"] = loss
+        return outputs
+
+    def after_step(self, progress: float) -> dict[str, Tensor]:
+        super().after_step(progress)
+        return {"label_change_ratio": self.update_bank()}
+
+    @torch.no_grad()
+    def update_bank(self) -> Tensor:
+        """Write every rank's keys into the bank, then maintain the labels (online mode)."""
+        indices, keys = self._pending
+        self._pending = None
+        indices, keys = gather_cat(indices), gather_cat(keys.float())
+        online = self.options.online_labels
+        changed = self.memory.update(indices, keys, relabel=online)
+        self.bank_steps += 1
+        if online:
+            self.memory.fix_small_clusters(self.options.min_cluster)
+            if int(self.bank_steps) % self.options.centroid_interval == 0:
+                self.memory.refresh_centroids()
+        return changed

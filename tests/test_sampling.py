@@ -1,0 +1,120 @@
+"""Samplers against their definitions on a hand-built bank."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from interlab.memory import MemoryBank
+from interlab.sampling import sample_negatives, sample_positives
+
+N, DIM = 60, 2
+
+
+@pytest.fixture
+def bank() -> MemoryBank:
+    """60 unit vectors at angles 6 degrees apart; clusters of 10 consecutive angles."""
+    angles = torch.arange(N) * (2 * torch.pi / N)
+    features = torch.stack([angles.cos(), angles.sin()], dim=1)
+    bank = MemoryBank(N, DIM, 6)
+    bank.initialize(features, torch.arange(N) // 10)
+    return bank
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ranked_outside_cluster(bank: MemoryBank, index: int) -> list[int]:
+    """Reference ranking: bank entries outside `index`'s cluster, most similar first."""
+    query = bank.features[index]
+    others = [j for j in range(N) if bank.labels[j] != bank.labels[index]]
+    return sorted(others, key=lambda j: -float(query @ bank.features[j]))
+
+
+def queries_of(bank: MemoryBank, indices: torch.Tensor) -> torch.Tensor:
+    return F.normalize(bank.features[indices], dim=1)
+
+
+def test_hard_returns_exactly_the_top_ranked_non_cluster_entries(bank):
+    indices = torch.tensor([0, 15, 33, 59])
+    picked = sample_negatives(bank, queries_of(bank, indices), indices, "hard", 7, 20)
+    assert picked.shape == (4, 7)
+    for row, index in zip(picked.tolist(), indices.tolist(), strict=True):
+        reference = ranked_outside_cluster(bank, index)
+        sims = [float(bank.features[index] @ bank.features[j]) for j in row]
+        assert sorted(row) == sorted(reference[:7]) or sims == sorted(sims, reverse=True)
+        assert set(row) <= set(reference[:8])  # ties at the 7th place (equal angles) allowed
+        assert sims == sorted(sims, reverse=True)
+
+
+@pytest.mark.parametrize("strategy", ["semihard", "semieasy"])
+def test_pools_draw_distinct_entries_only_from_their_pool(bank, strategy):
+    indices = torch.tensor([5, 25, 44])
+    pool, count = 16, 6
+    seen = {i: set() for i in indices.tolist()}
+    for seed in range(200):
+        picked = sample_negatives(
+            bank, queries_of(bank, indices), indices, strategy, count, pool, generator(seed)
+        )
+        assert picked.shape == (3, count)
+        for row, index in zip(picked.tolist(), indices.tolist(), strict=True):
+            ranked = ranked_outside_cluster(bank, index)
+            allowed = set(ranked[:pool] if strategy == "semihard" else ranked[-pool:])
+            assert len(set(row)) == count  # without replacement
+            assert set(row) <= allowed
+            seen[index].update(row)
+    for index in indices.tolist():  # uniform over the pool: every member gets drawn
+        ranked = ranked_outside_cluster(bank, index)
+        assert seen[index] == set(ranked[:pool] if strategy == "semihard" else ranked[-pool:])
+
+
+def test_random_is_uniform_outside_the_cluster(bank):
+    indices = torch.tensor([12] * 20)
+    counts = torch.zeros(N)
+    for seed in range(100):
+        picked = sample_negatives(
+            bank, queries_of(bank, indices), indices, "random", 40, 0, generator(seed)
+        )
+        counts += torch.bincount(picked.flatten(), minlength=N)
+    assert counts[10:20].sum() == 0  # never the query's own cluster
+    outside = torch.cat([counts[:10], counts[20:]])
+    expected = 100 * 20 * 40 / 50  # 80,000 draws over 50 entries; sd ~ 40
+    assert (outside - expected).abs().max() < 0.1 * expected  # ~7 standard deviations
+
+
+@pytest.mark.parametrize("strategy", ["random", "hard", "semihard", "semieasy"])
+def test_no_negative_shares_the_query_cluster(bank, strategy):
+    indices = torch.arange(0, N, 3)
+    picked = sample_negatives(
+        bank, queries_of(bank, indices), indices, strategy, 9, 30, generator()
+    )
+    assert picked.shape == (len(indices), 9)
+    assert not (bank.labels[picked] == bank.labels[indices].unsqueeze(1)).any()
+
+
+def test_positives_come_from_the_cluster_and_can_include_the_query(bank):
+    indices = torch.full((20000,), 23)
+    picked = sample_positives(bank, indices, generator())
+    assert (bank.labels[picked] == 2).all()
+    share_self = (picked == 23).float().mean().item()
+    assert share_self == pytest.approx(0.1, abs=0.01)  # 1 of 10 members, as in the original
+    assert set(picked.tolist()) == set(range(20, 30))
+
+
+def test_positives_can_exclude_the_query(bank):
+    indices = torch.arange(N).repeat(200)
+    picked = sample_positives(bank, indices, generator(), exclude_self=True)
+    assert (picked != indices).all()
+    assert (bank.labels[picked] == bank.labels[indices]).all()
+    assert set(picked[indices == 23].tolist()) == set(range(20, 30)) - {23}
+
+
+def test_counts_that_do_not_fit_are_named(bank):
+    index = torch.tensor([0])
+    query = queries_of(bank, index)
+    with pytest.raises(ValueError, match="num_negatives=60 must be smaller than the bank"):
+        sample_negatives(bank, query, index, "random", 60, 0)
+    with pytest.raises(ValueError, match="num_negatives=20 exceeds the semihard pool=10"):
+        sample_negatives(bank, query, index, "semihard", 20, 10)
+    with pytest.raises(ValueError, match="unknown negative sampling 'nearest'"):
+        sample_negatives(bank, query, index, "nearest", 5, 10)
