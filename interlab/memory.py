@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed import broadcast
 
 from interlab.cluster import member_means
+from interlab.distributed import is_distributed
 
 SPLIT_ITERATIONS = 20
 
@@ -148,6 +150,20 @@ class MemoryBank(nn.Module):
             self._split_largest_into(empty, min_cluster)
         self.rebuild_index()
         return int(small.sum())
+
+    @torch.no_grad()
+    def agree_across_ranks(self) -> None:
+        """Give every rank rank 0's centroids and labels (called after each centroid refresh).
+
+        Means on CUDA are summed with atomics (`index_add_`), so two ranks can differ in the
+        last bits and later break a near-tie differently. Everything else in the maintenance
+        is deterministic given equal inputs, so one broadcast per refresh keeps ranks equal.
+        """
+        if not is_distributed():
+            return
+        broadcast(self.centroids, src=0)
+        broadcast(self.labels, src=0)
+        self.rebuild_index()
 
     def _split_largest_into(self, empty: int, min_cluster: int) -> None:
         sizes = torch.bincount(self.labels, minlength=self.num_clusters)

@@ -15,7 +15,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+def set_rank_environment(rank: int, world: int, port: int) -> None:
+    """What torchrun would set for this rank (the trainer joins the gloo group from it)."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -24,6 +25,10 @@ def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+
+
+def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+    set_rank_environment(rank, world, port)
     from interlab.train import Trainer
 
     config = cpu_config(

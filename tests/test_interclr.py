@@ -14,7 +14,7 @@ from interlab.data import load_dataset, write_npz
 from interlab.methods import build_method
 from interlab.train import Trainer, read_metrics
 from tests.conftest import cpu_config
-from tests.test_distributed import free_port
+from tests.test_distributed import free_port, set_rank_environment
 
 INTERCLR_METRICS = {
     "loss_intra",
@@ -113,16 +113,19 @@ def test_every_switch_trains_a_step(mixed_train, neg_sampling, online):
 
 
 def test_online_maintenance_keeps_clusters_large_and_centroids_fresh(mixed_train):
-    method = make_method(mixed_train, min_cluster=30, centroid_interval=3)
+    # min_cluster 64 = half the mean size: the untrained net's clusters need real refills.
+    method = make_method(mixed_train, min_cluster=64, centroid_interval=3)
+    refilled = 0
     for step in range(6):
         indices = torch.randperm(512, generator=torch.Generator().manual_seed(step))[:32]
-        train_step(method, mixed_train, indices)
+        refilled += train_step(method, mixed_train, indices)["clusters_refilled"].item()
         sizes = method.memory.cluster_sizes()
-        assert len(sizes) == 4 and int(sizes.sum()) == 512 and int(sizes.min()) >= 30
+        assert len(sizes) == 4 and int(sizes.sum()) == 512 and int(sizes.min()) >= 64
     assert int(method.bank_steps) == 6  # a refresh step: centroids are the member means
     bank = method.memory
     means = torch.stack([bank.features[bank.labels == c].mean(0) for c in range(4)])
     assert torch.allclose(bank.centroids, means, atol=1e-5)
+    assert refilled >= 1 or method.memory.cluster_sizes().min() >= 64
 
 
 def test_false_negative_rate_is_the_share_of_same_class_negatives(mixed_train, monkeypatch):
@@ -146,7 +149,9 @@ def test_warmup_epochs_switch_the_inter_branch_off(mixed_train):
     method = make_method(mixed_train, inter_warmup_epochs=1)
     indices = torch.arange(32)
     method.on_epoch_start(0)
-    assert "loss_inter" not in train_step(method, mixed_train, indices)
+    warm = train_step(method, mixed_train, indices)
+    assert "loss_inter" not in warm
+    assert warm["loss"].item() == pytest.approx(warm["loss_intra"].item())  # intra at weight 1
     method.on_epoch_start(1)
     assert "loss_inter" in train_step(method, mixed_train, indices)
 
@@ -154,11 +159,12 @@ def test_warmup_epochs_switch_the_inter_branch_off(mixed_train):
 def test_offline_labels_change_only_when_reclustered(mixed_train):
     method = make_method(mixed_train, online_labels=False, recluster_every=2, epochs=10)
     method.memory.features.copy_(torch.nn.functional.normalize(torch.randn(512, 128), dim=1))
-    labels = method.memory.labels.clone()
+    labels, features = method.memory.labels.clone(), method.memory.features.clone()
     method.on_epoch_end(1)
     assert torch.equal(method.memory.labels, labels)
     figures = method.on_epoch_end(2)
     assert not torch.equal(method.memory.labels, labels)
+    assert torch.equal(method.memory.features, features)  # re-clustering relabels only
     assert {"nmi", "ari", "purity", "cluster_size_min"} <= set(figures)
 
 
@@ -219,14 +225,7 @@ def test_cli_trains_interclr_with_switches(tmp_path, mixed_npz, capsys):
 
 
 def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+    set_rank_environment(rank, world, port)
     config = interclr_config(
         out, data, epochs=1, batch_size=32, queue_size=384, centroid_interval=2
     )

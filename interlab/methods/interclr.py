@@ -49,6 +49,7 @@ class InterCLROptions(MoCoOptions):
     margin: float = -0.5
     margin_kind: str = "cos"
     intra_margin: float = 0.0  # the original's optional margin on the MoCo branch (off)
+    intra_margin_kind: str = "cos"
     intra_weight: float = 0.75
     inter_weight: float = 0.25
     inter_temperature: float | None = None  # None: the intra branch's temperature
@@ -66,6 +67,7 @@ class InterCLROptions(MoCoOptions):
         choices = {
             "neg_sampling": (self.neg_sampling, NEGATIVE_STRATEGIES),
             "margin_kind": (self.margin_kind, MARGIN_KINDS),
+            "intra_margin_kind": (self.intra_margin_kind, MARGIN_KINDS),
             "kmeans_backend": (self.kmeans_backend, BACKENDS),
         }
         for key, (value, valid) in choices.items():
@@ -111,6 +113,10 @@ class InterCLROptions(MoCoOptions):
                 raise ValueError(
                     f"{key}={getattr(self, key)} must be smaller than the bank ({num_samples} images)"
                 )
+        if self.neg_sampling in ("semihard", "semieasy") and self.num_negatives > self.pool:
+            raise ValueError(
+                f"num_negatives={self.num_negatives} exceeds the {self.neg_sampling} pool={self.pool}"
+            )
 
 
 class InterCLR(MoCo):
@@ -203,7 +209,7 @@ class InterCLR(MoCo):
     def contrast(self, query: Tensor, key: Tensor) -> Tensor:
         queue = self.queue.clone().detach()
         o = self.options
-        return margin_nce(query, key, queue, o.temperature, o.intra_margin, o.margin_kind)
+        return margin_nce(query, key, queue, o.temperature, o.intra_margin, o.intra_margin_kind)
 
     def inter_contrast(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
         """MarginNCE against a cluster-mate and sampled non-cluster bank entries.
@@ -211,8 +217,11 @@ class InterCLR(MoCo):
         Returns the loss and, when true labels exist, the share of negatives that are in
         fact the query's class (false negatives).
         """
+        with torch.autocast(query.device.type, enabled=False):  # bank ranks and logits in fp32
+            return self._inter_contrast_fp32(query.float(), indices)
+
+    def _inter_contrast_fp32(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
         o = self.options
-        query = query.float()
         with torch.no_grad():
             positives = sample_positives(
                 self.memory, indices, self.generator, o.exclude_self_positive
@@ -229,11 +238,16 @@ class InterCLR(MoCo):
             o.margin,
             o.margin_kind,
         )
-        false_negatives = None
-        if self.true_labels is not None:
-            own = self.true_labels[indices].unsqueeze(1)
-            false_negatives = (self.true_labels[negatives] == own).float().mean()
-        return loss, false_negatives
+        return loss, self.false_negative_rate(indices, negatives)
+
+    def false_negative_rate(self, indices: Tensor, negatives: Tensor) -> Tensor | None:
+        """Share of sampled negatives whose true class is the query's (known labels only)."""
+        if self.true_labels is None:
+            return None
+        own = self.true_labels[indices].unsqueeze(1)
+        theirs = self.true_labels[negatives]
+        known = (own >= 0) & (theirs >= 0)
+        return ((theirs == own) & known).sum() / known.sum().clamp_min(1)
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         view1, view2 = views
@@ -245,7 +259,8 @@ class InterCLR(MoCo):
         # Symmetric runs sum both directions, as the MoCo recipe does.
         intra = sum(self.contrast(q, k) for q, k in zip(queries, keys, strict=True))
         outputs: dict[str, Tensor] = {"loss_intra": intra.detach()}
-        loss = self.options.intra_weight * intra
+        # During the inter warm-up the intra branch alone carries full weight (as the original).
+        loss = self.options.intra_weight * intra if self.inter_active else intra
         if self.inter_active:
             inter_terms = [self.inter_contrast(q, indices) for q in queries]
             inter = sum(term for term, _ in inter_terms)
@@ -260,19 +275,29 @@ class InterCLR(MoCo):
 
     def after_step(self, progress: float) -> dict[str, Tensor]:
         super().after_step(progress)
-        return {"label_change_ratio": self.update_bank()}
+        return self.update_bank()
 
     @torch.no_grad()
-    def update_bank(self) -> Tensor:
-        """Write every rank's keys into the bank, then maintain the labels (online mode)."""
+    def update_bank(self) -> dict[str, Tensor]:
+        """Write every rank's keys into the bank, then maintain the labels (online mode).
+
+        Small clusters are repaired before the centroid refresh (the original refreshes
+        first), so after a refresh step every centroid is exactly its members' mean.
+        """
         indices, keys = self._pending
         self._pending = None
         indices, keys = gather_cat(indices), gather_cat(keys.float())
         online = self.options.online_labels
         changed = self.memory.update(indices, keys, relabel=online)
         self.bank_steps += 1
+        refilled = 0
         if online:
-            self.memory.fix_small_clusters(self.options.min_cluster)
-            if int(self.bank_steps) % self.options.centroid_interval == 0:
+            refilled = self.memory.fix_small_clusters(self.options.min_cluster)
+            refresh = int(self.bank_steps) % self.options.centroid_interval == 0
+            if refresh:  # the same step on every rank, so the broadcast is collective
                 self.memory.refresh_centroids()
-        return changed
+                self.memory.agree_across_ranks()
+        return {
+            "label_change_ratio": changed,
+            "clusters_refilled": torch.tensor(float(refilled), device=changed.device),
+        }
