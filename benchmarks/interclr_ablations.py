@@ -148,8 +148,11 @@ def main() -> None:
                 rows.append(
                     {"variant": name, "seed": seed, "error": f"{type(error).__name__}: {error}"}
                 )
-        (out / "ablations.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
-        (out / "ablations.md").write_text(table(rows, device))
+            # Persist after every run, so a cut-off sweep still has a table.
+            (out / "ablations.json").write_text(
+                json.dumps({"device": device, "rows": rows}, indent=1)
+            )
+            (out / "ablations.md").write_text(table(rows, device))
     print(table(rows, device))
 
 
