@@ -1,4 +1,4 @@
-"""Command line: `interlab train | eval | quickstart` (also `python -m interlab ...`)."""
+"""Command line: `interlab train | eval | quickstart | sweep | report` (or `python -m interlab`)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,18 @@ def add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: 20 on CPU, 100 on GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/quickstart")
+
+
+def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("sweep", help="run a grid of parameterized notebooks (papermill)")
+    p.add_argument("grid", help="grid YAML (see notebooks/sweeps/)")
+    p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
+    p.add_argument("--devices", help="GPU ids, e.g. 0,1: one run per GPU at a time")
+    p.add_argument("--small", action="store_true", help="the grid's small, CPU-sized form")
+    p.add_argument("--no-report", dest="report", action="store_false")
+    r = commands.add_parser("report", help="summary table and plots of a sweep folder")
+    r.add_argument("sweep_dir")
 
 
 def collect_train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,14 +181,55 @@ def run_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from interlab.report import write_report
+    from interlab.sweep import load_sweep, run_sweep
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1; got {args.workers}")
+    sweep = load_sweep(args.grid, small=args.small)  # every run checked before any starts
+    out = Path(
+        args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
+    )
+    devices = [f"cuda:{d.strip()}" for d in args.devices.split(",")] if args.devices else None
+    statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
+    failed = [s for s in statuses if s.get("state") != "done"]
+    print(f"sweep {out}: {len(statuses) - len(failed)} of {len(statuses)} runs done")
+    for status in failed:
+        print(f"  {status['run']}: {status.get('state')} {status.get('error', '')}")
+    if args.report:
+        for name, path in write_report(out).items():
+            print(f"  {name}: {path}")
+    return 1 if failed else 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from interlab.report import write_report
+
+    paths = write_report(args.sweep_dir)
+    print(paths["markdown"].read_text())
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="interlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_eval_parser(commands)
     add_quickstart_parser(commands)
+    add_sweep_parsers(commands)
     args = parser.parse_args(argv)
-    runners = {"train": run_train, "eval": run_eval, "quickstart": run_quickstart}
+    runners = {
+        "train": run_train,
+        "eval": run_eval,
+        "quickstart": run_quickstart,
+        "sweep": run_sweep_command,
+        "report": run_report,
+    }
     try:
         return runners[args.command](args)
     except (ValueError, FileNotFoundError) as error:

@@ -35,3 +35,43 @@ def plot_training_curves(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_setting_bars(lines: list[dict[str, Any]], key: str, label: str) -> Figure:
+    """One bar per sweep setting: mean of `key` over seeds, std as the error bar."""
+    shown = [line for line in lines if f"{key}_mean" in line]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(shown) + 2), 3.4))
+    means = [100 * line[f"{key}_mean"] for line in shown]
+    errors = [100 * line[f"{key}_std"] for line in shown]
+    ax.bar(range(len(shown)), means, yerr=errors, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(shown)), [line["setting"] for line in shown], rotation=30, ha="right")
+    low = min(m - e for m, e in zip(means, errors, strict=True))
+    ax.set_ylim(max(0, low - 5), max(m + e for m, e in zip(means, errors, strict=True)) + 2)
+    ax.set(ylabel=f"{label} (%)", title=f"{label}: mean ± std over seeds")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def plot_setting_curves(rows: list[dict[str, Any]], label: str) -> Figure:
+    """Per-epoch curves, one colour per setting, one line per seed."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    colours = {}
+    for row in rows:
+        if not row["curve"]:
+            continue
+        colour = colours.setdefault(row["setting"], f"C{len(colours) % 10}")
+        epochs = sorted(row["curve"], key=int)
+        first = row is next(r for r in rows if r["setting"] == row["setting"] and r["curve"])
+        ax.plot(
+            [int(e) for e in epochs],
+            [100 * row["curve"][e] for e in epochs],
+            color=colour,
+            alpha=0.8,
+            label=row["setting"] if first else None,
+        )
+    ax.set(xlabel="epoch", ylabel=f"{label} (%)", title=f"{label} per epoch")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,120 @@
+"""One training run as a notebook executes it: train, evaluate, write `metrics.json`.
+
+`notebooks/train.ipynb` (the sweep template) calls `run_experiment`; sweeps read the
+`metrics.json` it writes beside the executed notebook. Parameters are the notebook's:
+method, dataset, epochs, batch size, device, seed, output folder and a dict of overrides
+(any config key, as `--set` takes them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from interlab.config import TrainConfig, build_config
+from interlab.data import DATASET_NAMES, DATASET_PREFIXES, load_dataset
+from interlab.evaluate import evaluate_backbone
+from interlab.methods import METHOD_NAMES
+from interlab.quickstart import device_name
+from interlab.train import TrainResult, resolve_device, train
+
+SUMMARY_NAME = "metrics.json"
+
+
+def check_dataset_name(name: str) -> None:
+    """A clear early error for a dataset that `load_dataset` would not know."""
+    if name in DATASET_NAMES or name.startswith(DATASET_PREFIXES):
+        return
+    raise ValueError(
+        f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}, "
+        f"or a path after one of the prefixes {', '.join(DATASET_PREFIXES)}"
+    )
+
+
+def experiment_config(
+    method: str,
+    dataset: str,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    seed: int,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """The checked config of one run (unknown method, dataset or key: ValueError)."""
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_NAMES)}")
+    check_dataset_name(dataset)
+    keys = {
+        "method": method,
+        "data": dataset,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+        "out": str(Path(out_dir) / "run"),
+    }
+    keys.update(overrides or {})
+    return build_config(keys)
+
+
+def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True) -> dict[str, Any]:
+    """Train (resuming when a checkpoint exists), evaluate kNN (+ linear probe), write the summary."""
+    start = time.perf_counter()
+    result = train(config)
+    evaluation = final_evaluation(config, result, linear)
+    return write_experiment_summary(
+        out_dir, config, result, evaluation, time.perf_counter() - start
+    )
+
+
+def final_evaluation(config: TrainConfig, result: TrainResult, linear: bool) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    if "knn_top1" in result.final:
+        figures["knn_top1"] = result.final["knn_top1"]
+    if linear:
+        device = resolve_device(config.device)
+        train_set = load_dataset(config.data, "train", root=config.data_root)
+        test_set = load_dataset(config.data, "test", root=config.data_root)
+        aug = result.method.augment.config
+        probe = evaluate_backbone(
+            result.method.backbone,
+            train_set.images,
+            train_set.labels,
+            test_set.images,
+            test_set.labels,
+            train_set.num_classes,
+            knn=False,
+            linear=True,
+            device=device,
+            mean=aug.mean,
+            std=aug.std,
+        )
+        figures.update(probe)
+    return figures
+
+
+def write_experiment_summary(
+    out_dir: str | Path,
+    config: TrainConfig,
+    result: TrainResult,
+    evaluation: dict[str, float],
+    wall_time_s: float,
+) -> dict[str, Any]:
+    summary = {
+        **evaluation,
+        "final": result.final,
+        "per_epoch": result.metrics,
+        "method": config.method,
+        "dataset": config.data,
+        "epochs": config.epochs,
+        "device": device_name(config.device),
+        "wall_time_s": wall_time_s,
+        "config": config.to_dict(),
+    }
+    path = Path(out_dir) / SUMMARY_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=list))
+    return summary

@@ -1,0 +1,155 @@
+"""Summaries of a sweep folder: one row per setting (mean and std over seeds) and plots.
+
+`interlab report runs/sweeps/NAME` writes `summary.csv`, `summary.md`, `final_knn.png` and
+`curves.png` into the sweep folder; `notebooks/report.ipynb` shows the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from interlab.sweep import STATUS_NAME, read_status
+
+FIGURES = (
+    "knn_top1",
+    "linear_top1",
+    "nmi",
+    "false_negative_rate",
+    "label_change_ratio",
+    "wall_time_s",
+)
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every run folder's status and figures, in the order the sweep listed them."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ValueError(f"sweep folder {sweep_dir} does not exist")
+    rows = [run_row(path.parent) for path in sorted(sweep_dir.glob(f"*/{STATUS_NAME}"))]
+    if not rows:
+        raise ValueError(f"{sweep_dir} holds no finished or failed runs (no */{STATUS_NAME})")
+    order = listed_order(sweep_dir)
+    return sorted(rows, key=lambda r: order.get(r["run"], len(order)))
+
+
+def listed_order(sweep_dir: Path) -> dict[str, int]:
+    record = sweep_dir / "sweep.yaml"
+    if not record.exists():
+        return {}
+    runs = (yaml.safe_load(record.read_text()) or {}).get("runs", [])
+    return {run["name"]: i for i, run in enumerate(runs)}
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    status = read_status(run_dir) or {}
+    row: dict[str, Any] = {
+        "run": status.get("run", run_dir.name),
+        "setting": status.get("setting", run_dir.name),
+        "seed": status.get("seed"),
+        "state": status.get("state", "unknown"),
+        "error": status.get("error"),
+        "curve": {},
+    }
+    metrics_path = run_dir / "metrics.json"
+    if row["state"] == "done" and metrics_path.exists():
+        summary = json.loads(metrics_path.read_text())
+        final = summary.get("final", {})
+        for key in FIGURES:
+            value = summary.get(key, final.get(key))
+            if isinstance(value, (int, float)):
+                row[key] = float(value)
+        row["curve"] = {
+            r["epoch"]: r["knn_top1"] for r in summary.get("per_epoch", []) if "knn_top1" in r
+        }
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per setting: mean and std over its finished seeds, and its failures."""
+    lines = []
+    for setting in dict.fromkeys(row["setting"] for row in rows):
+        runs = [r for r in rows if r["setting"] == setting]
+        done = [r for r in runs if r["state"] == "done"]
+        line: dict[str, Any] = {
+            "setting": setting,
+            "seeds": len(done),
+            "failed": len(runs) - len(done),
+        }
+        for key in FIGURES:
+            values = [r[key] for r in done if key in r]
+            if values:
+                line[f"{key}_mean"] = statistics.fmean(values)
+                line[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(line)
+    return lines
+
+
+def markdown_table(lines: list[dict[str, Any]]) -> str:
+    shown = [key for key in FIGURES if any(f"{key}_mean" in line for line in lines)]
+    header = "| setting | seeds | failed | " + " | ".join(shown) + " |"
+    rule = "|---" * (3 + len(shown)) + "|"
+    body = []
+    for line in lines:
+        cells = []
+        for key in shown:
+            if f"{key}_mean" not in line:
+                cells.append("-")
+            elif key == "wall_time_s":
+                cells.append(f"{line[f'{key}_mean']:.0f}")
+            else:
+                cells.append(f"{line[f'{key}_mean']:.4f} ± {line[f'{key}_std']:.4f}")
+        body.append(
+            f"| {line['setting']} | {line['seeds']} | {line['failed']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_report(sweep_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write summary.csv / summary.md (and the plots) into the sweep folder; return the paths."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect_runs(sweep_dir)
+    lines = summarise(rows)
+    paths = {"csv": sweep_dir / "summary.csv", "markdown": sweep_dir / "summary.md"}
+    columns = sorted({key for line in lines for key in line}, key=column_order)
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(lines)
+    failures = [f"- {r['run']}: {r['error']}" for r in rows if r["state"] == "failed"]
+    text = markdown_table(lines)
+    if failures:
+        text += "\nFailed runs (rerun the sweep to retry them):\n\n" + "\n".join(failures) + "\n"
+    paths["markdown"].write_text(text)
+    if plots:
+        paths.update(save_plots(sweep_dir, rows, lines))
+    return paths
+
+
+def column_order(key: str) -> tuple[int, str]:
+    fixed = ["setting", "seeds", "failed"]
+    return (fixed.index(key), "") if key in fixed else (len(fixed), key)
+
+
+def save_plots(
+    sweep_dir: Path, rows: list[dict[str, Any]], lines: list[dict[str, Any]]
+) -> dict[str, Path]:
+    from interlab.plots import plot_setting_bars, plot_setting_curves
+
+    paths = {}
+    if any("knn_top1_mean" in line for line in lines):
+        fig = plot_setting_bars(lines, "knn_top1", "final kNN top-1")
+        paths["final_knn"] = sweep_dir / "final_knn.png"
+        fig.savefig(paths["final_knn"], dpi=120, bbox_inches="tight")
+    if any(r["curve"] for r in rows):
+        fig = plot_setting_curves(rows, "kNN top-1")
+        paths["curves"] = sweep_dir / "curves.png"
+        fig.savefig(paths["curves"], dpi=120, bbox_inches="tight")
+    return paths

@@ -1,0 +1,194 @@
+"""Sweeps of parameterized notebooks: expansion, checks, failures, resume, report, CLI."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from interlab.cli import main
+from interlab.report import collect_runs, summarise, write_report
+from interlab.sweep import load_sweep, run_sweep, sweep_from_spec
+
+TRAIN_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "train.ipynb"
+
+
+@pytest.fixture(scope="module")
+def toy_notebook(tmp_path_factory) -> Path:
+    """A fast notebook with the template's contract: parameters in, metrics.json out.
+
+    It fails on purpose for a=2, b=1.0 while `marker` exists, and logs every execution.
+    """
+    path = tmp_path_factory.mktemp("nb") / "toy.ipynb"
+    params = nbformat.v4.new_code_cell(
+        'a: int = 1\nb: float = 0.5\nseed: int = 0\nout_dir: str = "."\n'
+        'marker: str = ""\nexecutions: str = ""'
+    )
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import json, os\n"
+        "with open(executions, 'a') as f:\n"
+        "    f.write(f'{a},{b},{seed}\\n')\n"
+        "if a == 2 and b == 1.0 and os.path.exists(marker):\n"
+        "    raise RuntimeError('forced failure')\n"
+        "curve = [{'epoch': e, 'knn_top1': a * b * e / 20} for e in (1, 2)]\n"
+        "json.dump({'knn_top1': a * b / 10 + seed / 100, 'per_epoch': curve},\n"
+        "          open(os.path.join(out_dir, 'metrics.json'), 'w'))"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[params, body])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, path)
+    return path
+
+
+def toy_spec(toy_notebook, tmp_path, **extra):
+    spec = {
+        "notebook": str(toy_notebook),
+        "base": {"marker": str(tmp_path / "fail"), "executions": str(tmp_path / "executions.txt")},
+        "grid": {"a": [1, 2], "b": [0.5, 1.0]},
+        "seeds": [0],
+    }
+    spec.update(extra)
+    return spec
+
+
+def executions(tmp_path) -> list[str]:
+    return (tmp_path / "executions.txt").read_text().split()
+
+
+def test_two_by_two_sweep_records_a_failure_retries_it_and_reports_every_row(
+    toy_notebook, tmp_path
+):
+    (tmp_path / "fail").touch()
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path))
+    assert [r.name for r in sweep.runs] == [
+        "a=1,b=0.5-seed0", "a=1,b=1.0-seed0", "a=2,b=0.5-seed0", "a=2,b=1.0-seed0",
+    ]  # fmt: skip
+    out = tmp_path / "sweep"
+    statuses = run_sweep(sweep, out, workers=2, progress=False)
+    states = {s["run"]: s["state"] for s in statuses}
+    assert states == {"a=1,b=0.5-seed0": "done", "a=1,b=1.0-seed0": "done",
+                      "a=2,b=0.5-seed0": "done", "a=2,b=1.0-seed0": "failed"}  # fmt: skip
+    failed = json.loads((out / "a=2,b=1.0-seed0" / "status.json").read_text())
+    assert "forced failure" in failed["error"]
+    assert (out / "a=1,b=0.5-seed0" / "executed.ipynb").exists()
+    assert len(executions(tmp_path)) == 4
+
+    (tmp_path / "fail").unlink()
+    statuses = run_sweep(sweep, out, workers=2, progress=False)
+    assert all(s["state"] == "done" for s in statuses)
+    assert executions(tmp_path)[4:] == ["2,1.0,0"]  # only the failed run ran again
+
+    paths = write_report(out)
+    lines = summarise(collect_runs(out))
+    assert [line["setting"] for line in lines] == [
+        "a=1,b=0.5",
+        "a=1,b=1.0",
+        "a=2,b=0.5",
+        "a=2,b=1.0",
+    ]
+    assert [line["knn_top1_mean"] for line in lines] == pytest.approx([0.05, 0.1, 0.1, 0.2])
+    assert all(line["seeds"] == 1 and line["failed"] == 0 for line in lines)
+    table = paths["markdown"].read_text()
+    assert table.count("\n| a=") == 4 and "0.2000 ± 0.0000" in table
+    assert paths["csv"].read_text().splitlines()[0].startswith("setting,seeds,failed")
+    assert paths["final_knn"].exists() and paths["curves"].exists()
+
+
+def test_seeds_are_averaged_with_their_spread(toy_notebook, tmp_path):
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1]}, seeds=[0, 2])
+    out = tmp_path / "seeds"
+    run_sweep(sweep_from_spec(spec), out, progress=False)
+    (line,) = summarise(collect_runs(out))
+    assert line["seeds"] == 2
+    assert line["knn_top1_mean"] == pytest.approx(0.06)  # 0.05 + seed / 100, seeds 0 and 2
+    assert line["knn_top1_std"] == pytest.approx(0.01414, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"grid": {"lr": [0.1]}}, "toy.ipynb declares no parameter 'lr'; valid: a, b, seed"),
+        ({"grid": {"a": ["x"]}}, "parameter 'a' of toy.ipynb expects int; got 'x'"),
+        ({"grid": {}}, "the grid is empty"),
+        ({"grid": {"a": []}}, "grid key 'a' needs a non-empty list"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"gird": {"a": [1]}}, "unknown grid key\\(s\\) \\['gird'\\]"),
+        ({"notebook": "missing.ipynb"}, "notebook 'missing.ipynb' not found"),
+    ],
+)
+def test_bad_grids_are_rejected_before_anything_runs(toy_notebook, tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        sweep_from_spec(toy_spec(toy_notebook, tmp_path, **change))
+    assert not (tmp_path / "executions.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ({"method": "mocco"}, "unknown method 'mocco'; valid methods: moco, simclr, interclr"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"overrides": {"neg_sampling": "nearest"}}, "neg_sampling must be one of"),
+        ({"overrides": {"queue_sise": 10}}, "unknown key 'queue_sise'"),
+        ({"epochs": "ten"}, "parameter 'epochs' of train.ipynb expects int; got 'ten'"),
+    ],
+)
+def test_train_template_values_are_checked_like_a_run(base, message):
+    spec = {"notebook": str(TRAIN_NOTEBOOK), "base": base, "grid": {"seed": [0]}}
+    with pytest.raises(ValueError, match=message):
+        sweep_from_spec(spec)
+
+
+def test_shipped_grids_load_in_both_forms():
+    grids = sorted((TRAIN_NOTEBOOK.parent / "sweeps").glob("*.yaml"))
+    assert {g.stem for g in grids} >= {"pseudo_labels", "negative_sampling", "decision_boundary"}
+    for grid in grids:
+        for small in (False, True):
+            sweep = load_sweep(grid, small=small)
+            assert sweep.runs and sweep.notebook == TRAIN_NOTEBOOK.resolve()
+        assert all(r.parameters["device"] == "cpu" for r in load_sweep(grid, small=True).runs)
+
+
+def test_cli_sweep_and_report(toy_notebook, tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3]})))
+    out = tmp_path / "cli"
+    assert main(["sweep", str(grid), "--out", str(out), "--workers", "2"]) == 0
+    assert "2 of 2 runs done" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert "| a=3 | 1 | 0 |" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(toy_spec(toy_notebook, tmp_path, grid={"c": [1]})))
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "declares no parameter 'c'" in capsys.readouterr().err
+
+
+def test_train_template_runs_headless_through_a_sweep(tmp_path, tiny_npz):
+    spec = {
+        "notebook": str(TRAIN_NOTEBOOK),
+        "base": {
+            "method": "moco",
+            "dataset": f"npz:{tiny_npz}",
+            "epochs": 1,
+            "batch_size": 64,
+            "device": "cpu",
+            "overrides": {
+                "backbone": "convnet",
+                "cifar_stem": False,
+                "queue_size": 256,
+                "knn_k": 20,
+            },
+        },
+        "grid": {"linear_probe": [True]},
+    }
+    (status,) = run_sweep(sweep_from_spec(spec), tmp_path / "train", progress=False)
+    assert status["state"] == "done", status.get("error")
+    summary = json.loads((tmp_path / "train" / status["run"] / "metrics.json").read_text())
+    assert 0 <= summary["knn_top1"] <= 1 and 0 <= summary["linear_top1"] <= 1
+    assert summary["epochs"] == 1 and len(summary["per_epoch"]) == 1
+    assert summary["config"]["method"] == "moco" and summary["wall_time_s"] > 0
