@@ -68,6 +68,7 @@ def plot_setting_curves(rows: list[dict[str, Any]], label: str) -> Figure:
             [100 * row["curve"][e] for e in epochs],
             color=colour,
             alpha=0.8,
+            marker=".",
             label=row["setting"] if first else None,
         )
     ax.set(xlabel="epoch", ylabel=f"{label} (%)", title=f"{label} per epoch")

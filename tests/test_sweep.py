@@ -192,3 +192,54 @@ def test_train_template_runs_headless_through_a_sweep(tmp_path, tiny_npz):
     assert 0 <= summary["knn_top1"] <= 1 and 0 <= summary["linear_top1"] <= 1
     assert summary["epochs"] == 1 and len(summary["per_epoch"]) == 1
     assert summary["config"]["method"] == "moco" and summary["wall_time_s"] > 0
+
+
+STUDIES = {
+    "01_pseudo_labels.ipynb": {"overrides.online_labels": [True]},
+    "02_negative_sampling.ipynb": {"overrides.neg_sampling": ["semihard"]},
+    "03_decision_boundary.ipynb": {"overrides.margin_kind": ["cos"], "overrides.margin": [-0.5]},
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_study_notebooks_read_a_finished_sweep(study, tmp_path, tiny_npz):
+    """Each study notebook finds the sweep folder's runs (one 1-epoch InterCLR run) and plots."""
+    import papermill
+
+    spec = {
+        "notebook": str(TRAIN_NOTEBOOK),
+        "base": {
+            "method": "interclr",
+            "dataset": f"npz:{tiny_npz}",
+            "epochs": 1,
+            "batch_size": 64,
+            "device": "cpu",
+            "linear_probe": False,
+            "overrides": {
+                "backbone": "convnet", "cifar_stem": False, "queue_size": 256, "knn_k": 20,
+                "kmeans_backend": "torch",
+            },
+        },
+        "grid": STUDIES[study],
+    }  # fmt: skip
+    sweep_dir = tmp_path / "sweep"
+    (status,) = run_sweep(sweep_from_spec(spec), sweep_dir, progress=False)
+    assert status["state"] == "done", status.get("error")
+    executed = tmp_path / study
+    papermill.execute_notebook(
+        str(TRAIN_NOTEBOOK.parent / study),
+        str(executed),
+        parameters={"sweep_dir": str(sweep_dir), "probe_queries": 32},
+        cwd=str(TRAIN_NOTEBOOK.parents[1]),
+        progress_bar=False,
+    )
+    notebook = nbformat.read(executed, as_version=4)
+    images = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert images, f"{study} drew no figure"
+    assert (sweep_dir / "summary.md").exists()

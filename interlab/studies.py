@@ -1,0 +1,170 @@
+"""What the study notebooks compute: sweep results by epoch, and probes of a trained bank.
+
+The three InterCLR notebooks (`01_pseudo_labels`, `02_negative_sampling`,
+`03_decision_boundary`) read a sweep folder if it holds finished runs and otherwise run the
+small form of their grid first (`ensure_sweep`). The probes load one trained InterCLR run and
+look inside its memory bank: similarities of the negatives each sampler would pick, and the
+positive / negative logits MarginNCE sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from interlab.evaluate import extract_features
+from interlab.losses import apply_margin
+from interlab.report import collect_runs, write_report
+from interlab.sampling import NEGATIVE_STRATEGIES, sample_negatives, sample_positives
+from interlab.sweep import REPO_ROOT, load_sweep, run_sweep
+
+GRID_DIR = REPO_ROOT / "notebooks" / "sweeps"
+
+
+def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: int = 1) -> Path:
+    """Use the sweep folder's finished runs, or run the grid (small form by default) first."""
+    sweep_dir = Path(sweep_dir)
+    try:
+        done = [r for r in collect_runs(sweep_dir) if r["state"] == "done"]
+    except ValueError:
+        done = []
+    if not done:
+        run_sweep(load_sweep(GRID_DIR / f"{grid}.yaml", small=small), sweep_dir, workers=workers)
+    write_report(sweep_dir)
+    return sweep_dir
+
+
+def epoch_series(sweep_dir: str | Path, key: str) -> dict[str, dict[int, float]]:
+    """Per setting, the mean over seeds of a per-epoch figure (e.g. nmi, knn_top1)."""
+    import json
+
+    series: dict[str, dict[int, list[float]]] = {}
+    for row in collect_runs(sweep_dir):
+        if row["state"] != "done":
+            continue
+        metrics = json.loads((Path(sweep_dir) / row["run"] / "metrics.json").read_text())
+        for record in metrics.get("per_epoch", []):
+            if key in record:
+                series.setdefault(row["setting"], {}).setdefault(record["epoch"], []).append(
+                    record[key]
+                )
+    return {s: {e: float(np.mean(v)) for e, v in sorted(by.items())} for s, by in series.items()}
+
+
+def plot_epoch_series(
+    sweep_dir: str | Path, keys: list[str], titles: list[str] | None = None
+) -> Figure:
+    """One panel per figure, one line per setting."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.4), squeeze=False)
+    for ax, key, title in zip(axes[0], keys, titles or keys, strict=True):
+        for setting, by_epoch in epoch_series(sweep_dir, key).items():
+            ax.plot(list(by_epoch), list(by_epoch.values()), marker=".", label=setting)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trained_run(sweep_dir: str | Path, setting: str | None = None) -> Path:
+    """The checkpoint of a finished InterCLR run of the sweep (the first one by default)."""
+    for row in collect_runs(sweep_dir):
+        checkpoint = Path(sweep_dir) / row["run"] / "run" / "checkpoint.pt"
+        if row["state"] == "done" and checkpoint.exists() and setting in (None, row["setting"]):
+            return checkpoint
+    raise ValueError(f"no finished run with a checkpoint in {sweep_dir} (setting {setting!r})")
+
+
+@torch.no_grad()
+def query_embeddings(method: Any, images: torch.Tensor) -> torch.Tensor:
+    """Projection embeddings of un-augmented images, as the bank's features are compared."""
+    aug = method.augment.config
+    return extract_features(method.encoder, images, mean=aug.mean, std=aug.std, progress=False)
+
+
+@torch.no_grad()
+def negative_similarities(
+    method: Any,
+    indices: torch.Tensor,
+    queries: torch.Tensor,
+    strategies: tuple[str, ...] = NEGATIVE_STRATEGIES,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Cosine similarities of the negatives each sampler draws for the same queries."""
+    o = method.options
+    generator = torch.Generator(device=queries.device).manual_seed(seed)
+    drawn = {}
+    for strategy in strategies:
+        negatives = sample_negatives(
+            method.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
+        )
+        similarity = torch.einsum("bd,bkd->bk", queries, method.memory.features[negatives])
+        drawn[strategy] = similarity.flatten().cpu().numpy()
+    return drawn
+
+
+@torch.no_grad()
+def false_negative_rates(
+    method: Any, indices: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor, seed: int = 0
+) -> dict[str, float]:
+    """Share of same-class negatives per sampler, on one trained bank (known labels only)."""
+    o = method.options
+    generator = torch.Generator(device=queries.device).manual_seed(seed)
+    rates = {}
+    for strategy in NEGATIVE_STRATEGIES:
+        negatives = sample_negatives(
+            method.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
+        )
+        own, theirs = labels[indices].unsqueeze(1), labels[negatives]
+        known = (own >= 0) & (theirs >= 0)
+        rates[strategy] = float(((own == theirs) & known).sum() / known.sum().clamp_min(1))
+    return rates
+
+
+@torch.no_grad()
+def inter_logits(
+    method: Any, indices: torch.Tensor, queries: torch.Tensor, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Positive and negative cosines of the inter branch, with the run's own sampler."""
+    o = method.options
+    generator = torch.Generator(device=queries.device).manual_seed(seed)
+    positives = sample_positives(method.memory, indices, generator, exclude_self=True)
+    negatives = sample_negatives(
+        method.memory, queries, indices, o.neg_sampling, o.num_negatives, o.pool, generator
+    )
+    positive = (queries * method.memory.features[positives]).sum(dim=1)
+    negative = torch.einsum("bd,bkd->bk", queries, method.memory.features[negatives])
+    return {"positive": positive.cpu().numpy(), "negative": negative.flatten().cpu().numpy()}
+
+
+def plot_similarity_histograms(
+    values: dict[str, np.ndarray], title: str, xlabel: str = "cosine similarity"
+) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    low = min(float(v.min()) for v in values.values())
+    high = max(float(v.max()) for v in values.values())
+    bins = np.linspace(low, high, 61) if high > low else 20
+    for name, sims in values.items():
+        ax.hist(sims, bins=bins, density=True, histtype="step", linewidth=1.6, label=name)
+    ax.set(xlabel=xlabel, ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_margin_effect(logits: dict[str, np.ndarray], margins: list[float], kind: str) -> Figure:
+    """The positive logit under each margin against the (unchanged) negative logits."""
+    shifted = {
+        f"positive, m={m:+g}": apply_margin(torch.from_numpy(logits["positive"]), m, kind).numpy()
+        for m in margins
+    }
+    shifted["negatives"] = logits["negative"]
+    return plot_similarity_histograms(
+        shifted, f"{kind} margin: what the softmax sees", "logit (before / t)"
+    )
