@@ -243,3 +243,22 @@ def test_study_notebooks_read_a_finished_sweep(study, tmp_path, tiny_npz):
     ]
     assert images, f"{study} drew no figure"
     assert (sweep_dir / "summary.md").exists()
+
+
+def test_report_notebook_shows_the_table(toy_notebook, tmp_path):
+    import papermill
+
+    out = tmp_path / "toy"
+    run_sweep(
+        sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 2]})), out, progress=False
+    )
+    executed = tmp_path / "report.ipynb"
+    papermill.execute_notebook(
+        str(TRAIN_NOTEBOOK.parent / "report.ipynb"),
+        str(executed),
+        parameters={"sweep_dir": str(out)},
+        progress_bar=False,
+    )
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "| a=1 | 1 | 0 |" in markdown and "| a=2 | 1 | 0 |" in markdown
