@@ -28,7 +28,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         "train", help="train a method; resumes from OUT/checkpoint.pt if present"
     )
     p.add_argument("--config", help="named config (interlab/configs/NAME.yaml) or a YAML path")
-    p.add_argument("--method", help="moco | simclr")
+    p.add_argument("--method", help="moco | simclr | interclr")
     p.add_argument(
         "--data", help="cifar10-mini | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH"
     )
