@@ -185,7 +185,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from interlab.report import write_report
-    from interlab.sweep import load_sweep, run_sweep
+    from interlab.sweep import SweepInterrupted, load_sweep, run_sweep
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
@@ -194,7 +194,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )
     devices = [f"cuda:{d.strip()}" for d in args.devices.split(",")] if args.devices else None
-    statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
+    try:
+        statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
+    except SweepInterrupted as stop:
+        print(f"interlab sweep: {stop}", file=sys.stderr)
+        return 130
     failed = [s for s in statuses if s.get("state") != "done"]
     print(f"sweep {out}: {len(statuses) - len(failed)} of {len(statuses)} runs done")
     for status in failed:

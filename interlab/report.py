@@ -31,11 +31,14 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ValueError(f"sweep folder {sweep_dir} does not exist")
-    rows = [run_row(path.parent) for path in sorted(sweep_dir.glob(f"*/{STATUS_NAME}"))]
-    if not rows:
-        raise ValueError(f"{sweep_dir} holds no finished or failed runs (no */{STATUS_NAME})")
     order = listed_order(sweep_dir)
-    return sorted(rows, key=lambda r: order.get(r["run"], len(order)))
+    if order:  # the runs of the sweep as last launched; old folders of another grid are left out
+        rows = [run_row(sweep_dir / name) for name in order]
+    else:
+        rows = [run_row(path.parent) for path in sorted(sweep_dir.glob(f"*/{STATUS_NAME}"))]
+    if not any(row["state"] != "missing" for row in rows):
+        raise ValueError(f"{sweep_dir} holds no finished or failed runs (no */{STATUS_NAME})")
+    return rows
 
 
 def listed_order(sweep_dir: Path) -> dict[str, int]:
@@ -50,9 +53,9 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     status = read_status(run_dir) or {}
     row: dict[str, Any] = {
         "run": status.get("run", run_dir.name),
-        "setting": status.get("setting", run_dir.name),
+        "setting": status.get("setting", run_dir.name.rsplit("-seed", 1)[0]),
         "seed": status.get("seed"),
-        "state": status.get("state", "unknown"),
+        "state": status.get("state", "missing"),
         "error": status.get("error"),
         "curve": {},
     }
@@ -79,7 +82,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         line: dict[str, Any] = {
             "setting": setting,
             "seeds": len(done),
-            "failed": len(runs) - len(done),
+            "failed": sum(r["state"] == "failed" for r in runs),
+            "missing": sum(r["state"] == "missing" for r in runs),
         }
         for key in FIGURES:
             values = [r[key] for r in done if key in r]
@@ -92,11 +96,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown_table(lines: list[dict[str, Any]]) -> str:
     shown = [key for key in FIGURES if any(f"{key}_mean" in line for line in lines)]
-    header = "| setting | seeds | failed | " + " | ".join(shown) + " |"
-    rule = "|---" * (3 + len(shown)) + "|"
+    counts = ["seeds", "failed"] + (["missing"] if any(line["missing"] for line in lines) else [])
+    columns = ["setting", *counts, *shown]
     body = []
     for line in lines:
-        cells = []
+        cells = [str(line["setting"])] + [str(line[key]) for key in counts]
         for key in shown:
             if f"{key}_mean" not in line:
                 cells.append("-")
@@ -104,11 +108,9 @@ def markdown_table(lines: list[dict[str, Any]]) -> str:
                 cells.append(f"{line[f'{key}_mean']:.0f}")
             else:
                 cells.append(f"{line[f'{key}_mean']:.4f} ± {line[f'{key}_std']:.4f}")
-        body.append(
-            f"| {line['setting']} | {line['seeds']} | {line['failed']} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        body.append("| " + " | ".join(cells) + " |")
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
     return "\n".join([header, rule, *body]) + "\n"
 
 
@@ -124,6 +126,7 @@ def write_report(sweep_dir: str | Path, plots: bool = True) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(lines)
     failures = [f"- {r['run']}: {r['error']}" for r in rows if r["state"] == "failed"]
+    failures += [f"- {r['run']}: not run yet (or cut off)" for r in rows if r["state"] == "missing"]
     text = markdown_table(lines)
     if failures:
         text += "\nFailed runs (rerun the sweep to retry them):\n\n" + "\n".join(failures) + "\n"
@@ -134,7 +137,7 @@ def write_report(sweep_dir: str | Path, plots: bool = True) -> dict[str, Path]:
 
 
 def column_order(key: str) -> tuple[int, str]:
-    fixed = ["setting", "seeds", "failed"]
+    fixed = ["setting", "seeds", "failed", "missing"]
     return (fixed.index(key), "") if key in fixed else (len(fixed), key)
 
 

@@ -27,8 +27,14 @@ GRID_DIR = REPO_ROOT / "notebooks" / "sweeps"
 
 
 def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: int = 1) -> Path:
-    """Use the sweep folder's finished runs, or run the grid (small form by default) first."""
+    """Use the sweep folder's finished runs, or run the grid (small form by default) first.
+
+    A relative `sweep_dir` is taken from the repository root, so JupyterLab (which starts
+    kernels in notebooks/) and papermill runs find the same folder. Returns the absolute path.
+    """
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_absolute():
+        sweep_dir = REPO_ROOT / sweep_dir
     try:
         done = [r for r in collect_runs(sweep_dir) if r["state"] == "done"]
     except ValueError:

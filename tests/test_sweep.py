@@ -23,11 +23,13 @@ def toy_notebook(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("nb") / "toy.ipynb"
     params = nbformat.v4.new_code_cell(
         'a: int = 1\nb: float = 0.5\nseed: int = 0\nout_dir: str = "."\n'
-        'marker: str = ""\nexecutions: str = ""'
+        'marker: str = ""\nexecutions: str = ""\nsleep: float = 0.0\nlimit: int | None = None\n'
+        'extra: dict = {"x": 1}'
     )
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
-        "import json, os\n"
+        "import json, os, time\n"
+        "time.sleep(sleep)\n"
         "with open(executions, 'a') as f:\n"
         "    f.write(f'{a},{b},{seed}\\n')\n"
         "if a == 2 and b == 1.0 and os.path.exists(marker):\n"
@@ -118,6 +120,13 @@ def test_seeds_are_averaged_with_their_spread(toy_notebook, tmp_path):
         ({"grid": {}}, "the grid is empty"),
         ({"grid": {"a": []}}, "grid key 'a' needs a non-empty list"),
         ({"seeds": []}, "'seeds' must be a non-empty list"),
+        ({"seeds": [0, 0]}, "'seeds' repeats a seed"),
+        (
+            {"grid": {"limit": ["x"]}},
+            "parameter 'limit' of toy.ipynb expects int \\| None; got 'x'",
+        ),
+        ({"grid": {"a": [None]}}, "parameter 'a' of toy.ipynb expects int; got None"),
+        ({"grid": {"b": [True]}}, "parameter 'b' of toy.ipynb expects float; got True"),
         ({"gird": {"a": [1]}}, "unknown grid key\\(s\\) \\['gird'\\]"),
         ({"notebook": "missing.ipynb"}, "notebook 'missing.ipynb' not found"),
     ],
@@ -125,7 +134,6 @@ def test_seeds_are_averaged_with_their_spread(toy_notebook, tmp_path):
 def test_bad_grids_are_rejected_before_anything_runs(toy_notebook, tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         sweep_from_spec(toy_spec(toy_notebook, tmp_path, **change))
-    assert not (tmp_path / "executions.txt").exists()
 
 
 @pytest.mark.parametrize(
@@ -262,3 +270,61 @@ def test_report_notebook_shows_the_table(toy_notebook, tmp_path):
     outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "| a=1 | 1 | 0 |" in markdown and "| a=2 | 1 | 0 |" in markdown
+
+
+def test_optional_ints_and_dotted_keys_extend_the_notebook_dict(toy_notebook, tmp_path):
+    sweep = sweep_from_spec(
+        toy_spec(toy_notebook, tmp_path, grid={"limit": [None, 3], "extra.y": [2]})
+    )
+    assert [r.parameters["limit"] for r in sweep.runs] == [None, 3]
+    assert sweep.runs[0].parameters["extra"] == {"x": 1, "y": 2}  # the notebook default, extended
+
+
+def test_rerun_with_other_parameters_is_refused(toy_notebook, tmp_path):
+    out = tmp_path / "refuse"
+    run_sweep(
+        sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1]})), out, progress=False
+    )
+    changed = toy_spec(toy_notebook, tmp_path, grid={"a": [1]})
+    changed["base"]["sleep"] = 0.01
+    with pytest.raises(ValueError, match="holds run\\(s\\) made with other parameters: a=1-seed0"):
+        run_sweep(sweep_from_spec(changed), out, progress=False)
+
+
+def test_relative_out_from_another_working_folder(toy_notebook, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    statuses = run_sweep(
+        sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 2]})),
+        "rel",
+        workers=2,
+        progress=False,
+    )
+    assert [s["state"] for s in statuses] == ["done", "done"]
+    assert (tmp_path / "rel" / "a=1-seed0" / "metrics.json").exists()
+    assert Path.cwd() == tmp_path  # the sweep never moved our working folder
+
+
+def test_report_of_failed_runs_only_is_a_valid_table(toy_notebook, tmp_path):
+    (tmp_path / "fail").touch()
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [2], "b": [1.0]})
+    out = tmp_path / "failing"
+    (status,) = run_sweep(sweep_from_spec(spec), out, progress=False)
+    assert status["state"] == "failed" and status["error"] == "RuntimeError: forced failure"
+    table = write_report(out, plots=False)["markdown"].read_text().splitlines()
+    assert table[0] == "| setting | seeds | failed |" and table[1] == "|---|---|---|"
+    assert table[2] == "| a=2,b=1.0 | 0 | 1 |"
+
+
+def test_stopping_a_running_notebook_leaves_no_status(toy_notebook, tmp_path):
+    import threading
+    import time
+
+    from interlab.sweep import RunExecutor
+
+    (run,) = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"sleep": [60.0]})).runs
+    executor = RunExecutor(Path(toy_notebook), None)
+    threading.Timer(4.0, executor.stop_all).start()
+    start = time.perf_counter()
+    assert executor.execute(run, tmp_path / "stopped", None) is None
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "stopped" / "status.json").exists()  # a rerun will execute it again
