@@ -131,3 +131,10 @@ def _draw_without_replacement(
     keys = torch.rand(candidates.shape, generator=generator, device=candidates.device)
     keys = keys.masked_fill(~valid, -1.0)
     return candidates.gather(1, keys.topk(count, dim=1).indices)
+
+
+def false_negative_share(labels: Tensor, indices: Tensor, negatives: Tensor) -> Tensor:
+    """Share of (B, K) sampled negatives whose true class is their query's (known labels only)."""
+    own, theirs = labels[indices].unsqueeze(1), labels[negatives]
+    known = (own >= 0) & (theirs >= 0)
+    return ((theirs == own) & known).sum() / known.sum().clamp_min(1)

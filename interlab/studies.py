@@ -20,7 +20,12 @@ from matplotlib.figure import Figure
 from interlab.evaluate import extract_features
 from interlab.losses import apply_margin
 from interlab.report import collect_runs, write_report
-from interlab.sampling import NEGATIVE_STRATEGIES, sample_negatives, sample_positives
+from interlab.sampling import (
+    NEGATIVE_STRATEGIES,
+    false_negative_share,
+    sample_negatives,
+    sample_positives,
+)
 from interlab.sweep import REPO_ROOT, load_sweep, run_sweep
 
 GRID_DIR = REPO_ROOT / "notebooks" / "sweeps"
@@ -93,43 +98,47 @@ def query_embeddings(method: Any, images: torch.Tensor) -> torch.Tensor:
     return extract_features(method.encoder, images, mean=aug.mean, std=aug.std, progress=False)
 
 
-@torch.no_grad()
-def negative_similarities(
+def draw_negatives(
     method: Any,
-    indices: torch.Tensor,
     queries: torch.Tensor,
-    strategies: tuple[str, ...] = NEGATIVE_STRATEGIES,
-    seed: int = 0,
+    indices: torch.Tensor,
+    strategy: str,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(B, K) bank indices of `strategy`'s negatives, with the trained run's sizes."""
+    o = method.options
+    return sample_negatives(
+        method.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
+    )
+
+
+@torch.no_grad()
+def negatives_per_strategy(
+    method: Any, indices: torch.Tensor, queries: torch.Tensor, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """What each sampler draws for the same queries."""
+    generator = torch.Generator(device=queries.device).manual_seed(seed)
+    return {s: draw_negatives(method, queries, indices, s, generator) for s in NEGATIVE_STRATEGIES}
+
+
+def negative_similarities(
+    method: Any, indices: torch.Tensor, queries: torch.Tensor, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Cosine similarities of the negatives each sampler draws for the same queries."""
-    o = method.options
-    generator = torch.Generator(device=queries.device).manual_seed(seed)
-    drawn = {}
-    for strategy in strategies:
-        negatives = sample_negatives(
-            method.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
-        )
-        similarity = torch.einsum("bd,bkd->bk", queries, method.memory.features[negatives])
-        drawn[strategy] = similarity.flatten().cpu().numpy()
-    return drawn
+    drawn = negatives_per_strategy(method, indices, queries, seed)
+    features = method.memory.features
+    return {
+        strategy: torch.einsum("bd,bkd->bk", queries, features[negatives]).flatten().cpu().numpy()
+        for strategy, negatives in drawn.items()
+    }
 
 
-@torch.no_grad()
 def false_negative_rates(
     method: Any, indices: torch.Tensor, queries: torch.Tensor, labels: torch.Tensor, seed: int = 0
 ) -> dict[str, float]:
     """Share of same-class negatives per sampler, on one trained bank (known labels only)."""
-    o = method.options
-    generator = torch.Generator(device=queries.device).manual_seed(seed)
-    rates = {}
-    for strategy in NEGATIVE_STRATEGIES:
-        negatives = sample_negatives(
-            method.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
-        )
-        own, theirs = labels[indices].unsqueeze(1), labels[negatives]
-        known = (own >= 0) & (theirs >= 0)
-        rates[strategy] = float(((own == theirs) & known).sum() / known.sum().clamp_min(1))
-    return rates
+    drawn = negatives_per_strategy(method, indices, queries, seed)
+    return {s: float(false_negative_share(labels, indices, n)) for s, n in drawn.items()}
 
 
 @torch.no_grad()
@@ -137,12 +146,9 @@ def inter_logits(
     method: Any, indices: torch.Tensor, queries: torch.Tensor, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Positive and negative cosines of the inter branch, with the run's own sampler."""
-    o = method.options
     generator = torch.Generator(device=queries.device).manual_seed(seed)
     positives = sample_positives(method.memory, indices, generator, exclude_self=True)
-    negatives = sample_negatives(
-        method.memory, queries, indices, o.neg_sampling, o.num_negatives, o.pool, generator
-    )
+    negatives = draw_negatives(method, queries, indices, method.options.neg_sampling, generator)
     positive = (queries * method.memory.features[positives]).sum(dim=1)
     negative = torch.einsum("bd,bkd->bk", queries, method.memory.features[negatives])
     return {"positive": positive.cpu().numpy(), "negative": negative.flatten().cpu().numpy()}

@@ -48,12 +48,16 @@ def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+def spawn_two_ranks(worker, out: str, data: str, prefix: str) -> tuple[dict, dict]:
+    """Run `worker(rank, 2, port, out, data)` on two gloo ranks; load what each saved."""
+    os.makedirs(out)
+    mp.spawn(worker, args=(2, free_port(), out, data), nprocs=2, join=True)
+    return tuple(torch.load(os.path.join(out, f"{prefix}{rank}.pt")) for rank in (0, 1))
+
+
 def test_two_ranks_keep_weights_and_queue_identical(tmp_path, tiny_npz):
     out = str(tmp_path / "ddp")
-    os.makedirs(out)
-    mp.spawn(train_rank, args=(2, free_port(), out, f"npz:{tiny_npz}"), nprocs=2, join=True)
-    rank0 = torch.load(os.path.join(out, "rank0.pt"))
-    rank1 = torch.load(os.path.join(out, "rank1.pt"))
+    rank0, rank1 = spawn_two_ranks(train_rank, out, f"npz:{tiny_npz}", "rank")
     for name, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][name]), name
     assert not torch.equal(rank0["state"]["queue"], rank0["initial_queue"])  # keys were enqueued

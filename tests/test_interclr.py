@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import interlab.methods.interclr as interclr_module
 from interlab.augment import AugmentConfig
@@ -14,7 +13,7 @@ from interlab.data import load_dataset, write_npz
 from interlab.methods import build_method
 from interlab.train import Trainer, read_metrics
 from tests.conftest import cpu_config
-from tests.test_distributed import free_port, set_rank_environment
+from tests.test_distributed import set_rank_environment, spawn_two_ranks
 
 INTERCLR_METRICS = {
     "loss_intra",
@@ -241,10 +240,7 @@ def train_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
 
 def test_two_ranks_keep_identical_banks(tmp_path, mixed_npz):
     out = str(tmp_path / "ddp")
-    os.makedirs(out)
-    mp.spawn(train_rank, args=(2, free_port(), out, f"npz:{mixed_npz}"), nprocs=2, join=True)
-    rank0 = torch.load(os.path.join(out, "bank0.pt"))
-    rank1 = torch.load(os.path.join(out, "bank1.pt"))
+    rank0, rank1 = spawn_two_ranks(train_rank, out, f"npz:{mixed_npz}", "bank")
     for name in ("features", "labels", "centroids"):
         assert torch.equal(rank0["bank"][name], rank1["bank"][name]), name
     # 512 images / 2 ranks / batch 32: every entry was rewritten by one rank or the other.

@@ -30,7 +30,12 @@ from interlab.evaluate import extract_features
 from interlab.losses import MARGIN_KINDS, margin_nce
 from interlab.memory import MemoryBank
 from interlab.methods.moco import MoCo, MoCoOptions
-from interlab.sampling import NEGATIVE_STRATEGIES, sample_negatives, sample_positives
+from interlab.sampling import (
+    NEGATIVE_STRATEGIES,
+    false_negative_share,
+    sample_negatives,
+    sample_positives,
+)
 
 MEAN_CLUSTER_SIZE = 128
 NEGATIVES_SHARE = 0.013
@@ -244,10 +249,7 @@ class InterCLR(MoCo):
         """Share of sampled negatives whose true class is the query's (known labels only)."""
         if self.true_labels is None:
             return None
-        own = self.true_labels[indices].unsqueeze(1)
-        theirs = self.true_labels[negatives]
-        known = (own >= 0) & (theirs >= 0)
-        return ((theirs == own) & known).sum() / known.sum().clamp_min(1)
+        return false_negative_share(self.true_labels, indices, negatives)
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         view1, view2 = views
