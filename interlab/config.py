@@ -49,6 +49,7 @@ class TrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     checkpoint_every: int = 10
+    snapshot_every: int = 10  # epochs between memory-bank snapshots (bank methods); 0 = none
     log_every: int = 50  # steps between loss checks and progress-bar updates
     out: str = "runs/default"
     augment: dict[str, Any] = field(default_factory=dict)
@@ -217,6 +218,8 @@ def _check_ranges(config: TrainConfig) -> None:
         raise ValueError(f"lr must be > 0; got {config.lr}")
     if config.optimizer not in ("sgd", "lars"):
         raise ValueError(f"optimizer must be 'sgd' or 'lars'; got {config.optimizer!r}")
+    if config.snapshot_every < 0:
+        raise ValueError(f"snapshot_every must be >= 0; got {config.snapshot_every}")
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0; got {config.eval_every}")
     if not 0 <= config.warmup_epochs <= config.epochs:

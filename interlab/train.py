@@ -27,6 +27,7 @@ from interlab.evaluate import extract_features, knn_top1
 from interlab.methods import build_method
 from interlab.methods.base import Encoder, Method
 from interlab.optim import build_optimizer, cosine_lr, set_lr
+from interlab.snapshots import save_snapshot
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -317,7 +318,18 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         if self.should_checkpoint():
             self.save_checkpoint()
+        if self.should_snapshot():
+            self.save_snapshot()
         return record
+
+    def should_snapshot(self) -> bool:
+        every = self.config.snapshot_every
+        return every > 0 and (self.epoch % every == 0 or self.epoch == self.config.epochs)
+
+    def save_snapshot(self) -> None:
+        arrays = self.method.snapshot()
+        if arrays and dist_utils.is_main_process():
+            save_snapshot(self.out, self.epoch, arrays)
 
     def start_run_folder(self, resume: bool) -> None:
         if dist_utils.is_main_process():
@@ -334,6 +346,8 @@ class Trainer:
         """Let the method prepare (e.g. cluster the bank), then give every rank rank 0's buffers."""
         self.method.on_fit_start(self.train_set)
         dist_utils.broadcast_buffers(self.method)
+        if self.epoch == 0 and self.config.snapshot_every > 0:
+            self.save_snapshot()  # the initial clustering, before any step
 
     def fit(self, resume: bool = True, stop_after_epochs: int | None = None) -> TrainResult:
         """Train to `config.epochs` (resuming from the run folder's checkpoint when present).

@@ -246,3 +246,26 @@ def test_two_ranks_keep_identical_banks(tmp_path, mixed_npz):
     # 512 images / 2 ranks / batch 32: every entry was rewritten by one rank or the other.
     changed = (rank0["bank"]["features"] != rank0["initial"]).any(dim=1)
     assert changed.all()
+
+
+def test_training_saves_bank_snapshots_for_the_explorers(tmp_path, mixed_npz):
+    from interlab.snapshots import list_snapshots, load_snapshot
+
+    config = interclr_config(tmp_path / "snap", f"npz:{mixed_npz}", snapshot_every=2, eval_every=0)
+    result = Trainer(config, progress=False).fit(resume=False)
+    assert list(list_snapshots(tmp_path / "snap")) == [0, 2, 3]  # initial, every 2, the end
+    last = load_snapshot(tmp_path / "snap", 3)
+    assert last["features"].dtype == "float16" and last["features"].shape == (512, 128)
+    assert (last["labels"] == result.method.memory.labels.numpy()).all()
+    first = load_snapshot(tmp_path / "snap", 0)
+    assert not (first["features"] == last["features"]).all()  # the bank moved during training
+    with pytest.raises(ValueError, match="no snapshot for epoch 1; saved epochs: \\[0, 2, 3\\]"):
+        load_snapshot(tmp_path / "snap", 1)
+
+
+def test_a_run_without_a_bank_has_no_snapshots(tmp_path, mixed_npz):
+    from interlab.snapshots import list_snapshots
+
+    Trainer(cpu_config(tmp_path / "moco", f"npz:{mixed_npz}", epochs=1), progress=False).fit()
+    with pytest.raises(ValueError, match="holds no memory-bank snapshots"):
+        list_snapshots(tmp_path / "moco")

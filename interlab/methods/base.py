@@ -107,6 +107,10 @@ class Method(nn.Module):
         """
         return None
 
+    def snapshot(self) -> dict[str, Any]:
+        """Arrays worth replaying later (a memory bank); empty for methods without one."""
+        return {}
+
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Per-epoch figures for metrics.jsonl (method specific)."""
         return {}

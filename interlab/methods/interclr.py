@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -197,6 +198,14 @@ class InterCLR(MoCo):
             self.memory.assign_all(labels)  # labels only: the bank keeps its features
             self.memory.refresh_centroids()
         return self.cluster_figures()
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The bank as explorers replay it: float16 features, int32 labels, centroids."""
+        return {
+            "features": self.memory.features.half().cpu().numpy(),
+            "labels": self.memory.labels.int().cpu().numpy(),
+            "centroids": self.memory.centroids.float().cpu().numpy(),
+        }
 
     def cluster_figures(self) -> dict[str, float]:
         """Cluster sizes and, when true labels exist, NMI / ARI / purity of the pseudo-labels."""
