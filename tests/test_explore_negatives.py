@@ -1,0 +1,70 @@
+"""NegativeExplorer on a live InterCLR bank: the right negatives per strategy, clear errors."""
+
+import pytest
+
+from interlab.explore import NegativeExplorer
+from interlab.studies import query_embeddings
+from tests.test_interclr import make_method, mixed_npz, mixed_train  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def explorer(mixed_train):  # noqa: F811
+    method = make_method(mixed_train)
+    return NegativeExplorer(method, mixed_train.images, mixed_train.labels, shown=5)
+
+
+def test_hard_negatives_are_the_nearest_outside_the_cluster(explorer):
+    explorer.index.value = 37  # as the widget would
+    found = explorer.current
+    assert found["query"] == 37
+    bank = explorer.method.memory
+    query = query_embeddings(explorer.method, explorer.images[37:38])[0]
+    outside = bank.labels != bank.labels[37]
+    similarity = (bank.features @ query).masked_fill(~outside, float("-inf"))
+    expected = similarity.topk(5).indices.tolist()
+    hard = found["strategies"]["hard"]
+    assert hard["indices"] == expected
+    assert hard["cosines"] == pytest.approx(similarity[expected].tolist(), abs=1e-5)
+
+
+def test_every_strategy_is_shown_with_false_negative_marks(explorer, mixed_train):  # noqa: F811
+    explorer.index.value = 100
+    labels = mixed_train.labels
+    for strategy, drawn in explorer.current["strategies"].items():
+        assert len(drawn["indices"]) == 5, strategy
+        assert drawn["false"] == [bool(labels[i] == labels[100]) for i in drawn["indices"]]
+        assert not any(
+            explorer.method.memory.labels[i] == explorer.method.memory.labels[100]
+            for i in drawn["indices"]
+        )
+    positive = explorer.current["positive"]
+    assert (
+        positive != 100
+        and explorer.method.memory.labels[positive] == explorer.method.memory.labels[100]
+    )
+    assert "class" in explorer.message.value
+
+
+def test_random_button_moves_the_query(explorer):
+    before = explorer.index.value
+    explorer.pick_random()
+    explorer.pick_random()
+    assert (
+        explorer.current["query"] == explorer.index.value != before
+        or explorer.index.value == before
+    )
+
+
+def test_out_of_range_index_is_a_message_not_a_traceback(explorer):
+    with pytest.raises(ValueError, match="query index 600 is out of range \\[0, 512\\)"):
+        explorer.negatives_for(600)
+    explorer.index.max = 10_000  # bypass the widget's own bound to reach update()
+    explorer.index.value = 600
+    assert "out of range" in explorer.message.value
+
+
+def test_pool_figure_reports_a_rate_per_strategy(explorer):
+    fig, rates = explorer.pool_figure(queries=64)
+    assert set(rates) == {"random", "hard", "semihard", "semieasy"}
+    assert all(0 <= r <= 1 for r in rates.values())
+    assert len(fig.axes[0].patches) > 0
