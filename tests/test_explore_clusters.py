@@ -1,0 +1,73 @@
+"""ClusterExplorer on synthetic bank snapshots: the right members per cluster, cached maps."""
+
+import numpy as np
+import pytest
+import torch
+
+from interlab.explore import ClusterExplorer
+from interlab.explore.clusters import procrustes_onto
+from interlab.snapshots import save_snapshot
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """Two snapshots of a 240-entry bank: three well-separated clusters, labels known."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 4
+    pseudo = np.repeat([0, 1, 2], 80)
+    out = tmp_path_factory.mktemp("run")
+    for epoch in (0, 5):
+        features = centres[pseudo] + rng.normal(size=(240, 16))
+        save_snapshot(
+            out, epoch, {"features": features.astype(np.float16), "labels": pseudo.astype(np.int32)}
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    truth = torch.from_numpy(np.repeat([0, 1, 2], 80))
+    truth[:10] = 1  # ten images of cluster 0 are in fact class 1
+    images = torch.randint(0, 256, (240, 32, 32, 3), dtype=torch.uint8)
+    return images, truth
+
+
+def test_selecting_a_cluster_shows_its_members_and_purity(run_dir, data):
+    images, truth = data
+    explorer = ClusterExplorer(run_dir, images, truth, members_shown=4)
+    assert explorer.epochs == [0, 5] and explorer.epoch.value == 5
+    explorer.cluster.value = 0
+    assert explorer.current["members"].tolist() == list(range(80))
+    assert explorer.current["majority"] == 0 and explorer.current["purity"] == pytest.approx(
+        70 / 80
+    )
+    assert "purity 0.88" in explorer.message.value and "NMI" in explorer.message.value
+    explorer.cluster.value = 2
+    assert explorer.current["members"].tolist() == list(range(160, 240))
+    assert explorer.current["purity"] == 1.0
+
+
+def test_epochs_are_embedded_once_cached_and_aligned(run_dir, data):
+    images, truth = data
+    explorer = ClusterExplorer(run_dir, images, truth)
+    explorer.epoch.value = 0
+    explorer.colour.value = "true class"
+    cached = sorted(p.name for p in (run_dir / "snapshots").glob("umap_epoch_*.npy"))
+    assert cached == ["umap_epoch_0000.npy", "umap_epoch_0005.npy"]
+    assert explorer.embedding(5).shape == (240, 2)
+    assert len(explorer.figure().axes) == 1 + 16
+
+
+def test_procrustes_undoes_a_rotation_and_shift():
+    rng = np.random.default_rng(1)
+    fixed = rng.normal(size=(50, 2))
+    angle = 1.1
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    moved = fixed @ rotation + np.array([5.0, -3.0])
+    assert np.allclose(procrustes_onto(moved, fixed), fixed, atol=1e-8)
+
+
+def test_a_run_without_snapshots_is_a_message(tmp_path, data):
+    explorer = ClusterExplorer(tmp_path, *data)
+    assert "holds no memory-bank snapshots" in explorer.message.value
+    explorer.show()  # shows the message, draws nothing, raises nothing
