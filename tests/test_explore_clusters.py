@@ -1,5 +1,7 @@
 """ClusterExplorer on synthetic bank snapshots: the right members per cluster, cached maps."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,35 @@ def test_a_run_without_snapshots_is_a_message(tmp_path, data):
     explorer = ClusterExplorer(tmp_path, *data)
     assert "holds no memory-bank snapshots" in explorer.message.value
     explorer.show()  # shows the message, draws nothing, raises nothing
+
+
+def test_explore_notebook_runs_headless_on_a_trained_run(tmp_path, tiny_npz):
+    """04_explore.ipynb on a 1-epoch InterCLR run: all three explorers draw a static figure."""
+    import nbformat
+    import papermill
+
+    from interlab.train import train
+    from tests.conftest import cpu_config
+
+    config = cpu_config(
+        tmp_path / "run",
+        f"npz:{tiny_npz}",
+        method="interclr",
+        epochs=1,
+        kmeans_backend="torch",
+        snapshot_every=1,
+    )
+    train(config, progress=False)
+    executed = tmp_path / "04.ipynb"
+    papermill.execute_notebook(
+        str(Path(__file__).parents[1] / "notebooks" / "04_explore.ipynb"),
+        str(executed),
+        parameters={"run_dir": str(tmp_path / "run"), "probe_queries": 32},
+        progress_bar=False,
+    )
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    widgets = [
+        o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert len(figures) >= 4 and len(widgets) == 3  # cluster, negatives (+ pool), margin

@@ -1,7 +1,7 @@
 """Interactive explorers (ipywidgets) of the inter-image branch; each also draws a static figure.
 
-Work in progress (issue 6): the three explorers are here; `notebooks/04_explore.ipynb` and
-the browser test are not written yet.
+`notebooks/04_explore.ipynb` shows all three on one InterCLR run. Still to come (issue 6): the
+end-to-end browser test in JupyterLab.
 """
 
 from interlab.explore.clusters import ClusterExplorer
