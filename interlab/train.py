@@ -270,21 +270,16 @@ class Trainer:
         if self.memory_set is None or self.test_set is None:
             return None
         aug = self.method.augment.config
-        memory = extract_features(
-            self.method.backbone,
-            self.memory_set.images,
-            mean=aug.mean,
-            std=aug.std,
-            device=self.device,
-            progress=False,
-        )
-        test = extract_features(
-            self.method.backbone,
-            self.test_set.images,
-            mean=aug.mean,
-            std=aug.std,
-            device=self.device,
-            progress=False,
+        memory, test = (
+            extract_features(
+                self.method.backbone,
+                images,
+                mean=aug.mean,
+                std=aug.std,
+                device=self.device,
+                progress=False,
+            )
+            for images in (self.memory_set.images, self.test_set.images)
         )
         k = min(self.config.knn_k, len(memory))
         return knn_top1(

@@ -37,6 +37,25 @@ def tiny_npz(tmp_path_factory, mini_train, mini_test) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mixed_npz(tmp_path_factory, mini_train, mini_test):
+    """512 training images from all ten classes (the mini set is sorted by class)."""
+    path = tmp_path_factory.mktemp("data") / "mixed.npz"
+    write_npz(
+        path,
+        {
+            "train": mini_train.subset(torch.arange(0, 5000, 5000 // 512)[:512]),
+            "test": mini_test.subset(torch.arange(0, 1000, 5)),
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def mixed_train(mixed_npz):
+    return load_dataset(f"npz:{mixed_npz}", "train")
+
+
 def cpu_config(out: Path, data: str, **overrides):
     """A CPU-sized MoCo config: small ConvNet, small queue, kNN every epoch."""
     keys = {

@@ -4,11 +4,11 @@ import pytest
 
 from interlab.explore import NegativeExplorer
 from interlab.studies import query_embeddings
-from tests.test_interclr import make_method, mixed_npz, mixed_train  # noqa: F401 (fixtures)
+from tests.test_interclr import make_method
 
 
 @pytest.fixture(scope="module")
-def explorer(mixed_train):  # noqa: F811
+def explorer(mixed_train):
     method = make_method(mixed_train)
     return NegativeExplorer(method, mixed_train.images, mixed_train.labels, shown=5)
 
@@ -27,7 +27,7 @@ def test_hard_negatives_are_the_nearest_outside_the_cluster(explorer):
     assert hard["cosines"] == pytest.approx(similarity[expected].tolist(), abs=1e-5)
 
 
-def test_every_strategy_is_shown_with_false_negative_marks(explorer, mixed_train):  # noqa: F811
+def test_every_strategy_is_shown_with_false_negative_marks(explorer, mixed_train):
     explorer.index.value = 100
     labels = mixed_train.labels
     for strategy, drawn in explorer.current["strategies"].items():

@@ -9,7 +9,6 @@ import interlab.methods.interclr as interclr_module
 from interlab.augment import AugmentConfig
 from interlab.cli import main
 from interlab.config import build_config
-from interlab.data import load_dataset, write_npz
 from interlab.methods import build_method
 from interlab.train import Trainer, read_metrics
 from tests.conftest import cpu_config
@@ -27,25 +26,6 @@ INTERCLR_METRICS = {
     "cluster_size_max",
     "false_negative_rate",
 }
-
-
-@pytest.fixture(scope="module")
-def mixed_npz(tmp_path_factory, mini_train, mini_test):
-    """512 training images from all ten classes (the mini set is sorted by class)."""
-    path = tmp_path_factory.mktemp("data") / "mixed.npz"
-    write_npz(
-        path,
-        {
-            "train": mini_train.subset(torch.arange(0, 5000, 5000 // 512)[:512]),
-            "test": mini_test.subset(torch.arange(0, 1000, 5)),
-        },
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def mixed_train(mixed_npz):
-    return load_dataset(f"npz:{mixed_npz}", "train")
 
 
 def interclr_config(out, data, **overrides):

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from interlab.cluster import cluster_scores
+from interlab.explore.display import redraw, show_with_static
 from interlab.explore.negatives import show_image
 from interlab.snapshots import SNAPSHOT_DIR, list_snapshots, load_snapshot
 
@@ -145,13 +146,7 @@ class ClusterExplorer:
             f"{self.current['size']} images, majority class {self.current['majority']}, "
             f"purity {self.current['purity']:.2f}"
         )
-        with self.output:
-            self.output.clear_output(wait=True)
-            fig = self.figure()
-            from IPython.display import display
-
-            display(fig)
-            plt.close(fig)
+        redraw(self.output, self.figure)
 
     def figure(self) -> Figure:
         points = self.embedding(self.current["epoch"])
@@ -180,10 +175,4 @@ class ClusterExplorer:
         return fig
 
     def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        if self.epochs:
-            fig = self.figure()  # static copy for executed notebooks
-            display(fig)
-            plt.close(fig)
+        show_with_static(self.widget, [self.figure] if self.epochs else [])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from interlab.explore.display import redraw, show_with_static
 from interlab.losses import MARGIN_KINDS, apply_margin
 
 GRID = np.linspace(-0.99, 0.99, 199)
@@ -145,11 +146,7 @@ class MarginExplorer:
             f"mean p(positive) over {self.positives.size} positives: "
             f"<b>{self.mean_positive_probability():.3f}</b>"
         )
-        with self.output:
-            self.output.clear_output(wait=True)
-            fig = self.figure()
-            display_figure(fig)
-            plt.close(fig)
+        redraw(self.output, self.figure)
         self.drawn = (self.margin.value, self.kind.value, self.temperature.value)
 
     def figure(self) -> Figure:
@@ -162,15 +159,4 @@ class MarginExplorer:
         )
 
     def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        fig = self.figure()  # static copy: executed notebooks have no live widgets
-        display(fig)
-        plt.close(fig)
-
-
-def display_figure(fig: Figure) -> None:
-    from IPython.display import display
-
-    display(fig)
+        show_with_static(self.widget, [self.figure])

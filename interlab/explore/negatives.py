@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from interlab.explore.display import redraw, show_with_static
 from interlab.sampling import NEGATIVE_STRATEGIES, sample_positives
 from interlab.studies import (
     draw_negatives,
@@ -90,13 +91,7 @@ class NegativeExplorer:
         self.message.value = (
             f"query {self.index.value} (class {label}); red frame = same class as the query"
         )
-        with self.output:
-            self.output.clear_output(wait=True)
-            fig = self.figure()
-            from IPython.display import display
-
-            display(fig)
-            plt.close(fig)
+        redraw(self.output, self.figure)
 
     def figure(self) -> Figure:
         """Row 0: query and positive; one row per strategy: its negatives with their cosines."""
@@ -142,12 +137,7 @@ class NegativeExplorer:
         return plot_similarity_histograms(titled, f"negatives of {len(indices)} queries"), rates
 
     def show(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        for fig in (self.figure(), self.pool_figure()[0]):  # static copies for executed notebooks
-            display(fig)
-            plt.close(fig)
+        show_with_static(self.widget, [self.figure, lambda: self.pool_figure()[0]])
 
 
 def show_image(ax: Any, image: torch.Tensor, title: str, frame: str | None = None) -> None:
