@@ -104,7 +104,7 @@ def test_online_maintenance_keeps_clusters_large_and_centroids_fresh(mixed_train
     bank = method.memory
     means = torch.stack([bank.features[bank.labels == c].mean(0) for c in range(4)])
     assert torch.allclose(bank.centroids, means, atol=1e-5)
-    assert refilled >= 1 or method.memory.cluster_sizes().min() >= 64
+    assert refilled >= 1  # the size invariant held through real refills
 
 
 def test_false_negative_rate_is_the_share_of_same_class_negatives(mixed_train, monkeypatch):
