@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 DATASET_NAMES: tuple[str, ...] = ("cifar10-mini", "cifar10", "cifar100", "stl10")
-DATASET_PREFIXES: tuple[str, ...] = ("npz:", "folder:")
+DATASET_PREFIXES: tuple[str, ...] = ("npz:", "folder:", "frames:")
 CIFAR_SPLITS: tuple[str, ...] = ("train", "test")
 STL10_SPLITS: tuple[str, ...] = ("train", "test", "unlabeled", "train+unlabeled")
 # A folder split name -> the subfolders that may hold it, first match wins.
@@ -61,6 +61,7 @@ class ImageSet:
     labels: torch.Tensor  # int64 (N,), -1 where unknown
     classes: list[str]
     name: str = ""
+    videos: torch.Tensor | None = None  # int64 (N,): the video each frame comes from, if any
 
     def __post_init__(self) -> None:
         self.classes = _checked_classes(self.classes)
@@ -68,15 +69,23 @@ class ImageSet:
         _check_labels(self.labels, self.images, len(self.classes))
         if not isinstance(self.name, str):
             raise ValueError(f"ImageSet name must be a str, got {type(self.name).__name__}")
+        if self.videos is not None:
+            _check_videos(self.videos, self.images)
 
     @classmethod
     def _unchecked(
-        cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str
+        cls,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: list[str],
+        name: str,
+        videos: torch.Tensor | None = None,
     ) -> ImageSet:
         """Builds a set from parts of a valid one, skipping checks that would sync a GPU."""
         image_set = cls.__new__(cls)
         image_set.images, image_set.labels = images, labels
         image_set.classes, image_set.name = list(classes), name
+        image_set.videos = videos
         return image_set
 
     def __len__(self) -> int:
@@ -114,12 +123,16 @@ class ImageSet:
         non_blocking = target.type != "cpu"
         images = self.images.to(target, non_blocking=non_blocking)
         labels = self.labels.to(target, non_blocking=non_blocking)
-        return ImageSet._unchecked(images, labels, self.classes, self.name)
+        videos = None if self.videos is None else self.videos.to(target, non_blocking=non_blocking)
+        return ImageSet._unchecked(images, labels, self.classes, self.name, videos)
 
     def subset(self, index: IndexLike) -> ImageSet:
         """The images at ``index`` (integer positions, a boolean mask, or a slice), in that order."""
         index = _checked_index(index, len(self), self.device)
-        return ImageSet._unchecked(self.images[index], self.labels[index], self.classes, self.name)
+        videos = None if self.videos is None else self.videos[index]
+        return ImageSet._unchecked(
+            self.images[index], self.labels[index], self.classes, self.name, videos
+        )
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) views in order, the last one possibly shorter; checks at call time."""
@@ -179,6 +192,18 @@ def _check_labels(labels: object, images: torch.Tensor, num_classes: int) -> Non
             f"labels must lie in [-1, {num_classes - 1}] for {num_classes} classes, "
             f"got values from {low} to {high}"
         )
+
+
+def _check_videos(videos: object, images: torch.Tensor) -> None:
+    if not isinstance(videos, torch.Tensor) or videos.dtype != torch.int64:
+        raise ValueError(f"videos must be an int64 torch.Tensor, got {videos!r:.80}")
+    if videos.shape != images.shape[:1] or videos.device != images.device:
+        raise ValueError(
+            f"videos must have shape ({images.shape[0]},) on {images.device} to match images, "
+            f"got {tuple(videos.shape)} on {videos.device}"
+        )
+    if videos.numel() and int(videos.min()) < 0:
+        raise ValueError(f"video ids must be >= 0, got {int(videos.min())}")
 
 
 def _checked_index(index: IndexLike, length: int, device: torch.device) -> slice | torch.Tensor:
@@ -507,6 +532,9 @@ def load_dataset(
     if name.startswith("folder:"):
         side = image_size if image_size is not None else DEFAULT_FOLDER_IMAGE_SIZE
         image_set = _load_folder(Path(name[len("folder:") :]).expanduser(), split, side)
+    elif name.startswith("frames:"):
+        side = image_size if image_size is not None else DEFAULT_FOLDER_IMAGE_SIZE
+        image_set = load_frames(Path(name[len("frames:") :]).expanduser(), split, side)
     elif name.startswith("npz:"):
         image_set = read_npz(Path(name[len("npz:") :]).expanduser(), split, decode_device)
     elif name == "cifar10-mini":
@@ -613,6 +641,28 @@ def _load_folder(root: Path, split: str, size: int) -> ImageSet:
         )
     images = torch.from_numpy(_read_square_images(files, size))
     return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def load_frames(root: Path, split: str = "train", size: int = DEFAULT_FOLDER_IMAGE_SIZE) -> ImageSet:
+    """Video frames: one subfolder of ``root`` (or of ``root/<split>``) per video, any count >= 1.
+
+    Frames carry no class (label -1, ``classes`` empty); ``videos`` numbers each frame's
+    video in the sorted order of the folders that hold frames (empty folders are skipped).
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"frames folder not found: {root}")
+    directory = root / split if (root / split).is_dir() else root
+    if directory == root and split != "train":
+        raise ValueError(f"{root} has no {split}/ subfolder; the whole tree is the 'train' split")
+    files, folder_index = _image_files(directory, _class_dirs(directory))
+    if not files:
+        raise ValueError(
+            f"no frames ({', '.join(sorted(IMAGE_EXTENSIONS))}) in video folders of {directory}"
+        )
+    _, videos = np.unique(np.asarray(folder_index), return_inverse=True)
+    images = torch.from_numpy(_read_square_images(files, size))
+    labels = torch.full((len(files),), -1, dtype=torch.int64)
+    return ImageSet(images, labels, [], videos=torch.from_numpy(videos.astype(np.int64)))
 
 
 def _folder_split_dirs(root: Path) -> dict[str, Path]:

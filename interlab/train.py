@@ -212,7 +212,7 @@ class Trainer:
         return order[self.rank :: self.world]
 
     def train_step(self, indices: Tensor) -> dict[str, Tensor]:
-        views = self.method.make_views(self.train_set.images[indices])
+        views = self.method.views_for(self.train_set, indices)
         if self.uses_cuda_tricks and self.config.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         set_lr(self.optimizer, self.current_lr())
@@ -220,6 +220,7 @@ class Trainer:
             outputs = self.model(views, indices)
         self.optimizer.zero_grad(set_to_none=True)
         outputs["loss"].backward()
+        self.method.before_optimizer_step()
         self.optimizer.step()
         self.step += 1
         logged = self.method.after_step(self.step / self.total_steps)

@@ -63,9 +63,10 @@ def build_encoder(config: TrainConfig, options: ProjectionOptions) -> Encoder:
 class Method(nn.Module):
     """Base class: a method turns a batch of uint8 images into named losses.
 
-    The trainer calls, per step: `make_views` (augmentation, outside autocast), `forward`
-    (returns a dict with a differentiable "loss" plus detached scalars to log), then
-    `after_step` once the optimiser has stepped (momentum updates). Buffers registered by a
+    The trainer calls, per step: `views_for` (augmentation, outside autocast), `forward`
+    (returns a dict with a differentiable "loss" plus detached scalars to log),
+    `before_optimizer_step` after backward, then `after_step` once the optimiser has stepped
+    (momentum updates). Buffers registered by a
     method (queues, banks) are saved in checkpoints with the weights.
     """
 
@@ -91,8 +92,15 @@ class Method(nn.Module):
         """Two independently augmented views of each image (uint8 NHWC in, float NCHW out)."""
         return [self.augment(images, self.generator), self.augment(images, self.generator)]
 
+    def views_for(self, data: ImageSet, indices: Tensor) -> list[Tensor]:
+        """The step's views of items `indices` of `data` (video methods pick other frames here)."""
+        return self.make_views(data.images[indices])
+
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """Called between backward and the optimiser step (gradient clipping, frozen layers)."""
 
     def on_fit_start(self, train_set: ImageSet) -> None:
         """Called once per `fit`, after any resume, before the first step (banks fill here)."""
