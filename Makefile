@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-all lab lint format clean
+.PHONY: venv demo test test-all test-browser lab lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -m "not gpu"
+
+# JupyterLab + Debian's Chromium (apt-get install chromium), driven by Playwright; screenshots
+# in tests/artifacts/browser/ (or $$INTERLAB_ARTIFACTS/browser/).
+test-browser: venv
+	$(PY) -m pytest -m browser tests/test_browser.py
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
