@@ -643,7 +643,9 @@ def _load_folder(root: Path, split: str, size: int) -> ImageSet:
     return ImageSet(images, torch.tensor(labels, dtype=torch.int64), classes)
 
 
-def load_frames(root: Path, split: str = "train", size: int = DEFAULT_FOLDER_IMAGE_SIZE) -> ImageSet:
+def load_frames(
+    root: Path, split: str = "train", size: int = DEFAULT_FOLDER_IMAGE_SIZE
+) -> ImageSet:
     """Video frames: one subfolder of ``root`` (or of ``root/<split>``) per video, any count >= 1.
 
     Frames carry no class (label -1, ``classes`` empty); ``videos`` numbers each frame's

@@ -46,17 +46,84 @@ def contrastive_logits(query: Tensor, positive: Tensor, negatives: Tensor) -> Te
     return torch.cat([positive_logit, negative_logits(query, negatives)], dim=1)
 
 
-def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+def info_nce(
+    query: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    negative_mask: Tensor | None = None,
+) -> Tensor:
     """InfoNCE: mean cross-entropy of (1 + K)-way classification with the positive at index 0.
 
     Inputs are L2-normalised: query and positive (B, D), negatives (K, D) shared by all
     queries (a MoCo queue) or (B, K, D) drawn per query (a memory-bank sampler).
+    `negative_mask` (B, K), True where a negative must not count (it is the query's own
+    video, say), drops those columns per query.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
-    logits = contrastive_logits(query, positive, negatives) / temperature
+    logits = contrastive_logits(query, positive, negatives).float() / temperature
+    if negative_mask is not None:
+        logits = _drop_negatives(logits, negative_mask)
     targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float(), targets)
+    return F.cross_entropy(logits, targets)
+
+
+def _drop_negatives(logits: Tensor, negative_mask: Tensor) -> Tensor:
+    if negative_mask.shape != (logits.shape[0], logits.shape[1] - 1):
+        raise ValueError(
+            f"negative_mask must be (B, K) = {(logits.shape[0], logits.shape[1] - 1)}; "
+            f"got {tuple(negative_mask.shape)}"
+        )
+    keep_positive = torch.zeros_like(negative_mask[:, :1])
+    return logits.masked_fill(torch.cat([keep_positive, negative_mask], dim=1), float("-inf"))
+
+
+def soft_nearest_neighbour(
+    query: Tensor, support: Tensor, temperature: float, support_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(L2-normalised soft neighbour (B, D), weights (B, S)) of each query within `support`.
+
+    weights = softmax(query . support / temperature) over the support entries not masked
+    (`support_mask` (B, S), True = excluded, e.g. the query's own video); the neighbour is
+    the weighted mean of the support, renormalised (CycleContrast's forward step).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    logits = negative_logits(query, support).float() / temperature
+    if support_mask is not None:
+        if support_mask.shape != logits.shape:
+            raise ValueError(
+                f"support_mask must be (B, S) = {tuple(logits.shape)}; got {tuple(support_mask.shape)}"
+            )
+        logits = logits.masked_fill(support_mask, float("-inf"))
+    weights = logits.softmax(dim=1)
+    return F.normalize(weights @ support.float(), dim=1), weights
+
+
+def cycle_loss(
+    query: Tensor,
+    support: Tensor,
+    positive: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    nn_temperature: float | None = None,
+    support_mask: Tensor | None = None,
+    negative_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """CycleContrast's cross-video cycle loss and the soft-neighbour weights.
+
+    Forward: the query's soft nearest neighbour among `support` (other videos). Back: that
+    neighbour must pick out `positive` (another frame of the query's own video) against
+    `negatives`, a set disjoint from the support, by InfoNCE. With support, positive and
+    negatives detached, the gradient reaches the query only through the weights.
+    """
+    neighbour, weights = soft_nearest_neighbour(
+        query, support, nn_temperature or temperature, support_mask
+    )
+    return info_nce(
+        neighbour, positive.float(), negatives.float(), temperature, negative_mask
+    ), weights
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:

@@ -65,8 +65,10 @@ def quickstart_config(
         "checkpoint_every": 5,
         **(GPU_SETTINGS if on_gpu else CPU_SETTINGS),
     }
-    if method in ("moco", "interclr"):  # InterCLR's intra branch is MoCo v2
+    if method in ("moco", "interclr", "cyclecontrast"):  # their intra branch is MoCo v2
         keys.update(MOCO_GPU if on_gpu else MOCO_CPU)
+    if method == "cyclecontrast":  # both queues under the mini set's 5,000 items per epoch
+        keys.update({"symmetric": False, "cycle_queue_size": 2048, "support_size": 512})
     if epochs is not None:
         keys["epochs"] = epochs
     keys.update(overrides or {})

@@ -11,6 +11,9 @@ METHOD_MODULES = {
     "moco": ("interlab.methods.moco", "MoCo"),
     "simclr": ("interlab.methods.simclr", "SimCLR"),
     "interclr": ("interlab.methods.interclr", "InterCLR"),
+    "cyclecontrast": ("interlab.methods.cyclecontrast", "CycleContrast"),
+    "dino": ("interlab.methods.dino", "DINO"),
+    "scfs": ("interlab.methods.scfs", "SCFS"),
 }
 METHOD_NAMES = tuple(METHOD_MODULES)
 
