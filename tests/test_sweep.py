@@ -154,7 +154,12 @@ def test_train_template_values_are_checked_like_a_run(base, message):
 
 def test_shipped_grids_load_in_both_forms():
     grids = sorted((TRAIN_NOTEBOOK.parent / "sweeps").glob("*.yaml"))
-    assert {g.stem for g in grids} >= {"pseudo_labels", "negative_sampling", "decision_boundary"}
+    assert {g.stem for g in grids} >= {
+        "pseudo_labels",
+        "negative_sampling",
+        "decision_boundary",
+        "cyclecontrast",
+    }
     for grid in grids:
         for small in (False, True):
             sweep = load_sweep(grid, small=small)
