@@ -40,6 +40,8 @@ def test_selecting_a_cluster_shows_its_members_and_purity(run_dir, data):
     assert explorer.epochs == [0, 5] and explorer.epoch.value == 5
     explorer.cluster.value = 0
     assert explorer.current["members"].tolist() == list(range(80))
+    shown = explorer.current["shown"]  # a spread sample of the members, not the first four
+    assert len(shown) == 4 and set(shown) <= set(range(80)) and shown.tolist() != [0, 1, 2, 3]
     assert explorer.current["majority"] == 0 and explorer.current["purity"] == pytest.approx(
         70 / 80
     )

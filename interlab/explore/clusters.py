@@ -107,7 +107,17 @@ class ClusterExplorer:
         known = self.labels[members][self.labels[members] >= 0]
         majority = int(np.bincount(known).argmax()) if len(known) else -1
         purity = float((known == majority).mean()) if len(known) else float("nan")
-        return {"members": members, "size": len(members), "majority": majority, "purity": purity}
+        # A seeded random sample, not the first members: on a class-sorted data set those
+        # would all show one class whatever the cluster's purity.
+        rng = np.random.default_rng(cluster)
+        shown = np.sort(rng.permutation(members)[: self.members_shown])
+        return {
+            "members": members,
+            "shown": shown,
+            "size": len(members),
+            "majority": majority,
+            "purity": purity,
+        }
 
     # ---- view -------------------------------------------------------------------------------
     def set_epoch_options(self) -> None:
@@ -169,7 +179,7 @@ class ClusterExplorer:
             title=f"bank at epoch {self.current['epoch']}, coloured by {self.colour.value}",
         )
         side = int(np.ceil(np.sqrt(self.members_shown)))
-        for k, index in enumerate(chosen[: self.members_shown]):
+        for k, index in enumerate(self.current["shown"]):
             ax = fig.add_axes([0.5 + (k % side) * 0.12, 0.72 - (k // side) * 0.22, 0.11, 0.19])
             show_image(ax, self.images[index], f"class {self.labels[index]}")
         return fig
