@@ -88,6 +88,31 @@ def build_backbone(name: str, cifar_stem: bool = False) -> nn.Module:
     return model
 
 
+def stage_maps(backbone: nn.Module, images: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
+    """Feature maps (B, C, H, W) after the given stages, numbered 1-4 like ResNet's layer1-4.
+
+    A ResNet's `layerN` outputs; a `ConvNet`'s `features[N - 1]` (so its last three stages
+    stand in for layers 2-4 in CPU runs). Stops after the deepest stage asked for.
+    """
+    if isinstance(backbone, ConvNet):
+        stages = list(backbone.features)
+        x = images
+    elif all(hasattr(backbone, f"layer{i}") for i in range(1, 5)):
+        stages = [getattr(backbone, f"layer{i}") for i in range(1, 5)]
+        x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(images))))
+    else:
+        raise ValueError(f"stage_maps supports ResNets and ConvNet, not {type(backbone).__name__}")
+    wanted = set(layers)
+    if not wanted or min(wanted) < 1 or max(wanted) > len(stages):
+        raise ValueError(f"layers must lie in 1..{len(stages)}; got {tuple(layers)}")
+    maps: dict[int, Tensor] = {}
+    for number, stage in enumerate(stages[: max(wanted)], start=1):
+        x = stage(x)
+        if number in wanted:
+            maps[number] = x
+    return maps
+
+
 class MLPHead(nn.Module):
     """Projection head: 1 layer is a plain Linear, 2+ layers put ReLU (and BN) between Linears.
 
