@@ -99,7 +99,7 @@ def plot_cycles(cycle: Cycle, data: ImageSet) -> Figure:
             _show(
                 ax,
                 data.images[image],
-                f"w={weight:.2f}\n{_class(data, image)}",
+                f"w={weight:.3f}\n{_class(data, image)}",
                 "green" if same else None,
             )
     fig.suptitle("soft nearest neighbours among other videos (green: same class)", fontsize=10)
