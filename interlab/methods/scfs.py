@@ -100,8 +100,9 @@ class SCFS(DINO):
         num_samples: int = 0,
     ) -> None:
         super().__init__(config, options, augment, num_samples)
-        for layer in self.options.layers:  # buffers: every centre is checkpointed
-            self.register_buffer(f"center_layer{layer}", torch.zeros(1, self.options.shallow_dim))
+        layers = options.layers if options.per_layer_heads else ()
+        for layer in layers:  # buffers: every centre is checkpointed
+            self.register_buffer(f"center_layer{layer}", torch.zeros(1, options.shallow_dim))
 
     # ---- networks ------------------------------------------------------------------------
     def build_student(self) -> nn.ModuleDict:
