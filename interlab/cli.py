@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from interlab.config import build_config, load_named_config, parse_assignment
+from interlab.methods import METHOD_NAMES
 
 # CLI flags and the config keys they set; only flags given on the command line override.
 TRAIN_FLAGS = {
@@ -28,7 +29,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         "train", help="train a method; resumes from OUT/checkpoint.pt if present"
     )
     p.add_argument("--config", help="named config (interlab/configs/NAME.yaml) or a YAML path")
-    p.add_argument("--method", help="moco | simclr | interclr")
+    p.add_argument("--method", help="one of: " + ", ".join(METHOD_NAMES))
     p.add_argument(
         "--data", help="cifar10-mini | cifar10 | cifar100 | stl10 | npz:PATH | folder:PATH"
     )
