@@ -17,26 +17,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from throughput import moco_step_rate, synchronize
+from step_time import step_seconds
+from throughput import synchronize
 
 from interlab.cluster import kmeans
-from interlab.config import build_config, load_named_config
-from interlab.train import Trainer, resolve_device
-
-
-def step_seconds(config_name: str, args: argparse.Namespace) -> float:
-    keys = load_named_config(config_name)
-    keys.update(
-        data=args.data,
-        device=args.device,
-        batch_size=args.batch_size,
-        backbone=args.backbone,
-        cifar_stem=args.cifar_stem,
-        out=f"benchmarks/out/overhead_{config_name}",
-    )
-    trainer = Trainer(build_config(keys), progress=False)
-    trainer.start_method()  # InterCLR clusters its bank here; MoCo does nothing
-    return args.batch_size / moco_step_rate(trainer, args.steps, args.warmup)
+from interlab.train import resolve_device
 
 
 def kmeans_seconds(n: int, k: int, device: torch.device, backend: str) -> float:

@@ -7,38 +7,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interlab.augment import AugmentConfig
 from interlab.cli import main
 from interlab.config import build_config
 from interlab.data import write_npz
 from interlab.distill import search_weights
-from interlab.methods import build_method
 from interlab.search_maps import plot_search_maps
 from interlab.sweep import load_sweep
 from interlab.train import Trainer, read_metrics
+from tests.test_dino import SMALL as DINO_SMALL
+from tests.test_dino import make as make_small
 
 REPO = Path(__file__).parents[1]
-SMALL = {
-    "backbone": "convnet",
-    "cifar_stem": False,
-    "batch_size": 16,
-    "out_dim": 64,
-    "head_hidden": 64,
-    "head_bottleneck": 32,
-    "n_local": 2,
-    "shallow_hidden": 32,
-    "shallow_dim": 32,
-}
+SMALL = {**DINO_SMALL, "shallow_hidden": 32, "shallow_dim": 32}
 LAYERS = (2, 3, 4)
 
 
 def make(method: str = "scfs", **keys):
-    small = SMALL if method == "scfs" else {k: v for k, v in SMALL.items() if "shallow" not in k}
-    config = build_config({"method": method, **small, **keys})
-    torch.manual_seed(0)
-    built = build_method(config, AugmentConfig(size=32), 256)
-    built.generator = torch.Generator().manual_seed(0)
-    return built
+    """The DINO tests' tiny method, with small shallow heads when it is SCFS."""
+    shallow = {k: v for k, v in SMALL.items() if k not in DINO_SMALL} if method == "scfs" else {}
+    return make_small(method, **{**shallow, **keys})
 
 
 def passes(method, images):
