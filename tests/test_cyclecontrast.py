@@ -23,6 +23,7 @@ from interlab.videos import (
     write_moving_shapes,
 )
 from tests.conftest import cpu_config
+from tests.test_distributed import set_rank_environment, spawn_two_ranks
 
 CYCLE_METRICS = {"loss_intra", "loss_cycle", "support_entropy", "neighbour_same_class"}
 
@@ -328,3 +329,25 @@ def test_notebook_reads_a_sweep_and_traces_cycles(tmp_path, tiny_npz):
     outputs = [o for c in cells if c.cell_type == "code" for o in c.outputs]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     assert any("cycle closes (rank 1) for" in o.get("text", "") for o in outputs)
+
+
+def train_cycle_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+    set_rank_environment(rank, world, port)
+    config = cycle_config(out, data, epochs=1, batch_size=32, eval_every=0)
+    trainer = Trainer(config, progress=False)
+    trainer.fit(resume=False)
+    state = {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}
+    torch.save({"state": state}, f"{out}/cycle{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_keep_identical_queues_with_every_rank_s_videos(tmp_path, mixed_npz):
+    rank0, rank1 = spawn_two_ranks(
+        train_cycle_rank, str(tmp_path / "ddp"), f"npz:{mixed_npz}", "cycle"
+    )
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
+    # 512 images / 2 ranks / batch 32 = 8 steps of 64 gathered keys: 512 entries, wrapped.
+    assert int(rank0["state"]["cycle_ptr"]) == 512 % 192
+    videos = rank0["state"]["cycle_videos"]
+    assert len(set(videos.tolist())) == 192  # distinct images from both ranks' halves
