@@ -17,7 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from step_time import step_seconds
+from step_time import add_step_options, step_seconds
 from throughput import synchronize
 
 from interlab.cluster import kmeans
@@ -36,13 +36,7 @@ def kmeans_seconds(n: int, k: int, device: torch.device, backend: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="cifar10-mini")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--no-cifar-stem", dest="cifar_stem", action="store_false")
+    add_step_options(parser, data="cifar10-mini")
     parser.add_argument("--kmeans-backend", default="torch")
     parser.add_argument("--skip-imagenet-kmeans", action="store_true")
     args = parser.parse_args()

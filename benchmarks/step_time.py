@@ -37,16 +37,21 @@ def step_seconds(config_name: str, args: argparse.Namespace) -> float:
     return args.batch_size / moco_step_rate(trainer, args.steps, args.warmup)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["moco_cifar10", "cyclecontrast_cifar10"])
-    parser.add_argument("--data", default="cifar10")
+def add_step_options(parser: argparse.ArgumentParser, data: str) -> None:
+    """The options `step_seconds` reads: data, device, batch, step counts, backbone."""
+    parser.add_argument("--data", default=data)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--no-cifar-stem", dest="cifar_stem", action="store_false")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=["moco_cifar10", "cyclecontrast_cifar10"])
+    add_step_options(parser, data="cifar10")
     args = parser.parse_args()
     device = resolve_device(args.device)
     seconds = {name: step_seconds(name, args) for name in args.configs}

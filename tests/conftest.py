@@ -75,3 +75,13 @@ def cpu_config(out: Path, data: str, **overrides):
     }
     keys.update(overrides)
     return build_config(keys)
+
+
+def assert_same_state(expected: dict, got: dict, exact: tuple[str, ...] = ()) -> None:
+    """A resumed run's state equals an uninterrupted one's: the same keys, every tensor within
+    1e-6, and the names in `exact` (indices, pointers, ids) equal to the bit."""
+    assert set(got) == set(expected), set(got) ^ set(expected)
+    for name in exact:
+        assert torch.equal(expected[name], got[name]), name
+    for name, value in expected.items():
+        assert torch.allclose(value.float(), got[name].float(), atol=1e-6), name

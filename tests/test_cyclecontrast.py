@@ -22,7 +22,7 @@ from interlab.videos import (
     sample_paths,
     write_moving_shapes,
 )
-from tests.conftest import cpu_config
+from tests.conftest import assert_same_state, cpu_config
 from tests.test_distributed import set_rank_environment, spawn_two_ranks
 
 CYCLE_METRICS = {"loss_intra", "loss_cycle", "support_entropy", "neighbour_same_class"}
@@ -264,10 +264,7 @@ def test_real_frames_train_and_resume_to_the_same_state(tmp_path):
     resumed = Trainer(sliced, progress=False).fit(resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path / "sliced")] == [1, 2]
     expected, got = whole.method.state_dict(), resumed.method.state_dict()
-    for name in ("queue_videos", "cycle_videos", "cycle_ptr"):
-        assert torch.equal(expected[name], got[name]), name
-    for name, value in expected.items():
-        assert torch.allclose(value.float(), got[name].float(), atol=1e-6), name
+    assert_same_state(expected, got, exact=("queue_videos", "cycle_videos", "cycle_ptr"))
 
 
 def test_pseudo_videos_on_mini_data_beat_the_untrained_network(tmp_path):

@@ -11,7 +11,7 @@ from interlab.cli import main
 from interlab.config import build_config
 from interlab.methods import build_method
 from interlab.train import Trainer, read_metrics
-from tests.conftest import cpu_config
+from tests.conftest import assert_same_state, cpu_config
 from tests.test_distributed import set_rank_environment, spawn_two_ranks
 
 INTERCLR_METRICS = {
@@ -177,10 +177,8 @@ def test_short_run_logs_every_metric_and_resumes_to_the_same_state(tmp_path, mix
     resumed = Trainer(sliced_config, progress=False).fit(resume=True)
     assert [r["epoch"] for r in read_metrics(tmp_path / "sliced")] == [1, 2, 3]
     expected, got = whole.method.state_dict(), resumed.method.state_dict()
-    for name in ("memory.features", "memory.labels", "memory.centroids", "queue", "bank_steps"):
-        assert torch.equal(expected[name], got[name]), name
-    for name, value in expected.items():
-        assert torch.allclose(value.float(), got[name].float(), atol=1e-6), name
+    exact = ("memory.features", "memory.labels", "memory.centroids", "queue", "bank_steps")
+    assert_same_state(expected, got, exact)
 
 
 def test_cli_trains_interclr_with_switches(tmp_path, mixed_npz, capsys):

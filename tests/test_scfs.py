@@ -14,6 +14,7 @@ from interlab.distill import search_weights
 from interlab.search_maps import plot_search_maps
 from interlab.sweep import load_sweep
 from interlab.train import Trainer, read_metrics
+from tests.conftest import assert_same_state
 from tests.test_dino import SMALL as DINO_SMALL
 from tests.test_dino import make as make_small
 
@@ -204,8 +205,7 @@ def test_short_run_trains_and_resumes_to_the_same_state(tmp_path, small_npz):
     assert [r["epoch"] for r in read_metrics(tmp_path / "sliced")] == [1, 2]
     expected, got = whole.method.state_dict(), resumed.method.state_dict()
     assert {"center_layer2", "center_layer3", "center_layer4"} <= set(got)
-    for name, value in expected.items():
-        assert torch.allclose(value.float(), got[name].float(), atol=1e-6), name
+    assert_same_state(expected, got)
 
 
 def test_cli_trains_scfs_and_rejects_an_unknown_option(tmp_path, small_npz, capsys):

@@ -28,7 +28,7 @@ from interlab.config import TrainConfig
 from interlab.data import ImageSet
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import cycle_loss, info_nce
-from interlab.methods.moco import MoCo, MoCoOptions
+from interlab.methods.moco import MoCo, MoCoOptions, fifo_write
 from interlab.nets import MLPHead, make_momentum_copy, momentum_update
 from interlab.videos import PseudoVideoConfig, VideoIndex, frame_pairs
 
@@ -199,12 +199,11 @@ class CycleContrast(MoCo):
         size = len(self.cycle_queue)
         split = torch.randperm(size, device=y.device, generator=self.generator)
         support, negatives = split[: self.options.support_size], split[self.options.support_size :]
-        queue = self.cycle_queue.clone()
-        loss, weights = cycle_loss(
+        loss, weights = cycle_loss(  # the gathers copy: the later enqueue cannot alter them
             y,
-            queue[support],
+            self.cycle_queue[support],
             kc_b,
-            queue[negatives],
+            self.cycle_queue[negatives],
             self.options.temperature,
             self.options.nn_temperature,
             self.own_video(videos, self.cycle_videos[support]),
@@ -233,22 +232,17 @@ class CycleContrast(MoCo):
         """Frame a's key crop enters both queues with its video id (and class, for figures)."""
         k_a, kc_a = gather_cat(k_a), gather_cat(kc_a)
         videos, labels = gather_cat(videos), gather_cat(labels)
-        slots = _fifo_slots(self.queue_ptr, len(k_a), len(self.queue))
-        self.queue[slots], self.queue_videos[slots] = k_a.to(self.queue.dtype), videos
-        self.queue_ptr.copy_((self.queue_ptr + len(k_a)) % len(self.queue))
-        slots = _fifo_slots(self.cycle_ptr, len(kc_a), len(self.cycle_queue))
-        self.cycle_queue[slots] = kc_a.to(self.cycle_queue.dtype)
-        self.cycle_videos[slots], self.cycle_labels[slots] = videos, labels
-        self.cycle_ptr.copy_((self.cycle_ptr + len(kc_a)) % len(self.cycle_queue))
+        fifo_write([self.queue, self.queue_videos], [k_a, videos], self.queue_ptr)
+        fifo_write(
+            [self.cycle_queue, self.cycle_videos, self.cycle_labels],
+            [kc_a, videos, labels],
+            self.cycle_ptr,
+        )
 
     def after_step(self, progress: float) -> None:
         super().after_step(progress)
         if self.cycle_head is not None:
             momentum_update(self.key_cycle_head, self.cycle_head, self.options.encoder_momentum)
-
-
-def _fifo_slots(pointer: Tensor, count: int, size: int) -> Tensor:
-    return (pointer + torch.arange(count, device=pointer.device)) % size
 
 
 def _check_queues_shorter_than_an_epoch(options: CycleContrastOptions, num_samples: int) -> None:

@@ -80,10 +80,7 @@ class MoCo(Method):
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Replace the oldest queue entries with this step's keys from all ranks."""
-        keys = gather_cat(keys)
-        slots = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-        self.queue[slots] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
+        fifo_write([self.queue], [gather_cat(keys)], self.queue_ptr)
 
     def contrast(self, query: Tensor, key: Tensor) -> Tensor:
         return info_nce(query, key, self.queue.clone().detach(), self.options.temperature)
@@ -105,3 +102,14 @@ class MoCo(Method):
 
     def after_step(self, progress: float) -> None:
         momentum_update(self.key_encoder, self.encoder, self.options.encoder_momentum)
+
+
+@torch.no_grad()
+def fifo_write(buffers: list[Tensor], values: list[Tensor], pointer: Tensor) -> None:
+    """Overwrite the oldest rows of same-length ring buffers (a queue and its side columns)
+    with `values`, and advance their shared `pointer`."""
+    size, count = len(buffers[0]), len(values[0])
+    slots = (pointer + torch.arange(count, device=pointer.device)) % size
+    for buffer, value in zip(buffers, values, strict=True):
+        buffer[slots] = value.to(buffer.dtype)
+    pointer.copy_((pointer + count) % size)
