@@ -68,8 +68,10 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--knn", action="store_true")
     p.add_argument("--linear", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--k", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--k", type=int, help="kNN neighbours (default: the run's knn_k)")
+    p.add_argument(
+        "--temperature", type=float, help="kNN temperature (default: the run's knn_temperature)"
+    )
 
 
 def add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
@@ -90,6 +92,7 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
     p.add_argument("--devices", help="GPU ids, e.g. 0,1: one run per GPU at a time")
     p.add_argument("--small", action="store_true", help="the grid's small, CPU-sized form")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (replaces the grid's list)")
     p.add_argument("--no-report", dest="report", action="store_false")
     r = commands.add_parser("report", help="summary table and plots of a sweep folder")
     r.add_argument("sweep_dir")
@@ -119,34 +122,39 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from interlab.evaluate import evaluate_backbone
-    from interlab.train import load_trained, resolve_device
+    from interlab.data import load_dataset
+    from interlab.devices import resolve_device
+    from interlab.evaluate import evaluate_backbone, knn_figures
+    from interlab.train import load_trained
 
     config, method = load_trained(args.checkpoint, args.device)
-    from interlab.data import load_dataset
-
     data = args.data or config.data
     root = args.data_root or config.data_root
-    train_set, test_set = (
-        load_dataset(data, "train", root=root),
-        load_dataset(data, "test", root=root),
-    )
+    train_set = load_dataset(data, "train", root=root)
+    test_set = load_dataset(data, "test", root=root)
+    device = resolve_device(args.device)
     aug = method.augment.config
-    scores = evaluate_backbone(
-        method.backbone,
-        train_set.images,
-        train_set.labels,
-        test_set.images,
-        test_set.labels,
-        train_set.num_classes,
-        knn=args.knn or not args.linear,
-        linear=args.linear,
-        k=min(args.k, len(train_set)),
-        temperature=args.temperature,
-        device=resolve_device(args.device),
-        mean=aug.mean,
-        std=aug.std,
-    )
+    sets = (train_set.images, train_set.labels, test_set.images, test_set.labels)
+    scores: dict[str, float] = {}
+    if args.knn or not args.linear:
+        networks = {"": method.backbone}
+        if method.embedder is not None:
+            networks["_head"] = method.embedder
+        scores.update(
+            knn_figures(
+                networks, *sets, train_set.num_classes,
+                k=args.k if args.k is not None else config.knn_k,
+                temperature=args.temperature if args.temperature is not None else config.knn_temperature,
+                protocols=config.knn_protocols, mean=aug.mean, std=aug.std, device=device,
+            )
+        )  # fmt: skip
+    if args.linear:
+        scores.update(
+            evaluate_backbone(
+                method.backbone, *sets, train_set.num_classes, knn=False, linear=True,
+                device=device, mean=aug.mean, std=aug.std,
+            )
+        )  # fmt: skip
     print(json.dumps(scores))
     return 0
 
@@ -190,7 +198,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
-    sweep = load_sweep(args.grid, small=args.small)  # every run checked before any starts
+    sweep = load_sweep(args.grid, small=args.small, seeds=args.seeds)  # every run checked before any starts
     out = Path(
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )

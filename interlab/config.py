@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from interlab.augment import AugmentConfig
+from interlab.nets import BACKBONES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 AUG_PREFIX = "aug."
@@ -38,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
-    backbone: str = "resnet18"
+    backbone: str = "auto"  # auto: convnet on a CPU, the cifar-stem resnet18 on a GPU
     cifar_stem: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -48,6 +49,10 @@ class TrainConfig:
     eval_every: int = 10  # kNN every N epochs (and always after the last one); 0 = last only
     knn_k: int = 200
     knn_temperature: float = 0.1
+    # Extra (k, temperature) kNN protocols on the backbone, each recorded as
+    # knn_top1_k{k}_t{t}: a published figure's own protocol (DINO and SCFS: [[20, 0.07]]).
+    knn_protocols: tuple[tuple[int, float], ...] = ()
+    max_steps_per_epoch: int | None = None  # cut every epoch short (smoke runs); None = all
     checkpoint_every: int = 10
     snapshot_every: int = 10  # epochs between memory-bank snapshots (bank methods); 0 = none
     log_every: int = 50  # steps between loss checks and progress-bar updates
@@ -216,12 +221,23 @@ def _check_ranges(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be > 0; got {getattr(config, name)}")
     if config.lr <= 0:
         raise ValueError(f"lr must be > 0; got {config.lr}")
+    if config.backbone not in (*BACKBONES, "auto"):
+        raise ValueError(
+            f"unknown backbone {config.backbone!r}; valid: auto, {', '.join(BACKBONES)}"
+        )
     if config.optimizer not in ("sgd", "lars"):
         raise ValueError(f"optimizer must be 'sgd' or 'lars'; got {config.optimizer!r}")
     if config.snapshot_every < 0:
         raise ValueError(f"snapshot_every must be >= 0; got {config.snapshot_every}")
     if config.eval_every < 0:
         raise ValueError(f"eval_every must be >= 0; got {config.eval_every}")
+    if config.max_steps_per_epoch is not None and config.max_steps_per_epoch < 1:
+        raise ValueError(f"max_steps_per_epoch must be >= 1; got {config.max_steps_per_epoch}")
+    for k, temperature in config.knn_protocols:
+        if k < 1 or temperature <= 0:
+            raise ValueError(
+                f"knn_protocols: each entry is [k >= 1, temperature > 0]; got {[k, temperature]}"
+            )
     if not 0 <= config.warmup_epochs <= config.epochs:
         raise ValueError(f"warmup_epochs must be in [0, epochs]; got {config.warmup_epochs}")
 

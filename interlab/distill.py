@@ -64,9 +64,26 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
+    def embed(self, features: Tensor) -> Tensor:
+        """The L2-normalised bottleneck output: the embedding the prototypes score."""
+        return F.normalize(self.mlp(features).float(), dim=-1)
+
     def forward(self, features: Tensor) -> Tensor:
-        x = F.normalize(self.mlp(features).float(), dim=-1)
-        return F.linear(x, F.normalize(self.last_layer.weight, dim=1))
+        x = self.embed(features)
+        with full_precision(x):  # cosines to 4,096+ prototypes: bf16 would round the targets
+            return F.linear(x, F.normalize(self.last_layer.weight.float(), dim=1))
+
+
+class HeadEmbedding(nn.Module):
+    """A backbone followed by a DINO head's bottleneck: the embedding its prototypes score."""
+
+    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head.embed(self.backbone(images))
 
 
 class ShallowHead(nn.Module):

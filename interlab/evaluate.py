@@ -232,6 +232,51 @@ def knn_top1(
     return _top1(predictions, test_labels, "test_labels")
 
 
+def protocol_key(k: int, temperature: float) -> str:
+    """The metrics key of a kNN figure under an extra (k, temperature) protocol."""
+    return f"knn_top1_k{k}_t{temperature:g}"
+
+
+def knn_figures(
+    networks: dict[str, nn.Module],
+    memory_images: Tensor,
+    memory_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    protocols: Sequence[tuple[int, float]] = (),
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """kNN top-1 of each named network's features: `knn_top1<name>` under (k, temperature).
+
+    `networks` maps a key suffix to a network, e.g. {"": backbone, "_head": embedder}
+    gives `knn_top1` and `knn_top1_head`. Each extra (k, t) of `protocols` is run on the
+    first network too (`knn_top1_k20_t0.07`): a published figure's own protocol. Features
+    are extracted once per network; k is capped at the memory size.
+    """
+    figures: dict[str, float] = {}
+    for position, (suffix, network) in enumerate(networks.items()):
+        memory = extract_features(
+            network, memory_images, mean=mean, std=std, device=device, progress=False
+        )
+        test = extract_features(
+            network, test_images, mean=mean, std=std, device=device, progress=False
+        )
+        runs = [(f"knn_top1{suffix}", k, temperature)]
+        if position == 0:
+            runs += [(protocol_key(pk, pt), pk, pt) for pk, pt in protocols]
+        for key, run_k, run_t in runs:
+            figures[key] = knn_top1(
+                memory, memory_labels, test, test_labels, num_classes,
+                k=min(run_k, len(memory)), temperature=run_t,
+            )  # fmt: skip
+    return figures
+
+
 def _top1(predictions: Tensor, labels: Tensor | np.ndarray, name: str) -> float:
     labels = _as_label_tensor(labels, predictions.device, name)
     if labels.shape != predictions.shape:

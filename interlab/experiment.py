@@ -15,10 +15,10 @@ from typing import Any
 
 from interlab.config import TrainConfig, build_config
 from interlab.data import DATASET_NAMES, DATASET_PREFIXES, load_dataset
+from interlab.devices import device_name, resolve_device
 from interlab.evaluate import evaluate_backbone
 from interlab.methods import METHOD_NAMES
-from interlab.quickstart import device_name
-from interlab.train import TrainResult, resolve_device, train
+from interlab.train import TrainResult, train
 
 SUMMARY_NAME = "metrics.json"
 
@@ -71,9 +71,7 @@ def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True
 
 
 def final_evaluation(config: TrainConfig, result: TrainResult, linear: bool) -> dict[str, float]:
-    figures: dict[str, float] = {}
-    if "knn_top1" in result.final:
-        figures["knn_top1"] = result.final["knn_top1"]
+    figures = {k: v for k, v in result.final.items() if k.startswith("knn_top1")}
     if linear:
         device = resolve_device(config.device)
         train_set = load_dataset(config.data, "train", root=config.data_root)

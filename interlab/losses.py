@@ -194,3 +194,27 @@ def margin_nce(
     logits = torch.cat([positive_logit, logits[:, 1:]], dim=1) / temperature
     targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, targets)
+
+
+def positive_probability(
+    positive: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    margin: float = 0.0,
+    kind: str = "cos",
+) -> Tensor:
+    """The softmax probability (B,) that MarginNCE gives each query's positive.
+
+    `positive` (B,) and `negatives` (B, K) are cosines. A value near 1 means the loss is
+    saturated: its gradient vanishes, so the margin under study no longer shapes training.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if positive.dim() != 1 or negatives.dim() != 2 or len(negatives) != len(positive):
+        raise ValueError(
+            f"expected positive (B,) and negatives (B, K); got {tuple(positive.shape)} "
+            f"and {tuple(negatives.shape)}"
+        )
+    shifted = apply_margin(positive.float().unsqueeze(1), margin, kind)
+    logits = torch.cat([shifted, negatives.float()], dim=1) / temperature
+    return logits.softmax(dim=1)[:, 0]

@@ -155,19 +155,20 @@ class MLPHead(nn.Module):
 
 @torch.no_grad()
 def momentum_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """EMA `t = m*t + (1-m)*o` over all parameters in two fused calls; buffers are copied.
+    """EMA `t = m*t + (1-m)*o` over the parameters only, in two fused calls.
 
-    Buffers (BN running statistics) are copied rather than averaged, as in MoCo/BYOL code.
+    Buffers (BN running statistics) are left alone, as in facebookresearch/moco's builder and
+    DINO: the target's statistics come from its own forward passes. A DINO teacher that copied
+    the student's would carry statistics of the small local crops it never sees, and be
+    evaluated with them.
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     target_params, online_params = _paired(target.parameters(), online.parameters(), "parameters")
+    _paired(target.buffers(), online.buffers(), "buffers")  # same architecture, checked
     if target_params:
         torch._foreach_mul_(target_params, momentum)
         torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
-    target_buffers, online_buffers = _paired(target.buffers(), online.buffers(), "buffers")
-    if target_buffers:
-        torch._foreach_copy_(target_buffers, online_buffers)
 
 
 def _paired(targets, onlines, kind: str) -> tuple[list[Tensor], list[Tensor]]:

@@ -7,7 +7,6 @@ executes that notebook headless with papermill.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ import torch
 
 from interlab.config import TrainConfig, build_config
 from interlab.data import load_dataset
+from interlab.devices import device_name, resolve_device
 from interlab.evaluate import extract_features, knn_top1
 from interlab.methods import build_method
-from interlab.train import TrainResult, resolve_device, train
+from interlab.train import TrainResult, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_NOTEBOOK = REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
@@ -103,13 +103,6 @@ def untrained_knn(config: TrainConfig) -> float:
     )
 
 
-def device_name(device: str) -> str:
-    target = resolve_device(device)
-    if target.type == "cuda":
-        return torch.cuda.get_device_name(target)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def write_summary(
     out_dir: str | Path,
     config: TrainConfig,
@@ -120,7 +113,7 @@ def write_summary(
     """`metrics.json` beside the executed notebook: final and per-epoch figures, config, device."""
     path = Path(out_dir) / "metrics.json"
     summary = {
-        "knn_top1": result.final["knn_top1"],
+        **{k: v for k, v in result.final.items() if k.startswith("knn_top1")},
         "knn_top1_untrained": untrained,
         "method": config.method,
         "dataset": config.data,

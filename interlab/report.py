@@ -18,12 +18,25 @@ from interlab.sweep import STATUS_NAME, read_status
 
 FIGURES = (
     "knn_top1",
+    "knn_top1_head",
     "linear_top1",
     "nmi",
     "false_negative_rate",
+    "fnr_random",
+    "fnr_hard",
+    "fnr_semihard",
+    "fnr_semieasy",
     "label_change_ratio",
     "wall_time_s",
 )
+PROTOCOL_PREFIX = "knn_top1_k"  # kNN under a published protocol, e.g. knn_top1_k20_t0.07
+
+
+def figure_keys(summary: dict[str, Any]) -> list[str]:
+    """The figures a run summary reports: the fixed list, then any extra kNN protocols."""
+    final = summary.get("final", {})
+    protocols = sorted(k for k in {*summary, *final} if k.startswith(PROTOCOL_PREFIX))
+    return [*FIGURES[:2], *protocols, *FIGURES[2:]]
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -63,7 +76,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if row["state"] == "done" and metrics_path.exists():
         summary = json.loads(metrics_path.read_text())
         final = summary.get("final", {})
-        for key in FIGURES:
+        for key in figure_keys(summary):
             value = summary.get(key, final.get(key))
             if isinstance(value, (int, float)):
                 row[key] = float(value)
@@ -71,6 +84,12 @@ def run_row(run_dir: Path) -> dict[str, Any]:
             r["epoch"]: r["knn_top1"] for r in summary.get("per_epoch", []) if "knn_top1" in r
         }
     return row
+
+
+def ordered_figures(rows: list[dict[str, Any]]) -> list[str]:
+    """Every figure key that any of the rows holds, in report order."""
+    held = {key for row in rows for key in row}
+    return [key for key in figure_keys(dict.fromkeys(held)) if key in held]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,7 +104,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "failed": sum(r["state"] == "failed" for r in runs),
             "missing": sum(r["state"] == "missing" for r in runs),
         }
-        for key in FIGURES:
+        for key in ordered_figures(runs):
             values = [r[key] for r in done if key in r]
             if values:
                 line[f"{key}_mean"] = statistics.fmean(values)
@@ -95,7 +114,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(lines: list[dict[str, Any]]) -> str:
-    shown = [key for key in FIGURES if any(f"{key}_mean" in line for line in lines)]
+    keys = dict.fromkeys(k[: -len("_mean")] for line in lines for k in line if k.endswith("_mean"))
+    shown = [key for key in figure_keys(dict.fromkeys(keys)) if key in keys]
     counts = ["seeds", "failed"] + (["missing"] if any(line["missing"] for line in lines) else [])
     columns = ["setting", *counts, *shown]
     body = []

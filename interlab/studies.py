@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from interlab.evaluate import extract_features
-from interlab.losses import apply_margin
+from interlab.losses import MARGIN_KINDS, apply_margin, positive_probability
 from interlab.report import collect_runs, write_report
 from interlab.sampling import (
     NEGATIVE_STRATEGIES,
@@ -83,10 +83,15 @@ def plot_epoch_series(
 
 
 def trained_run(sweep_dir: str | Path, setting: str | None = None) -> Path:
-    """The checkpoint of a finished InterCLR run of the sweep (the first one by default)."""
+    """The checkpoint of a finished InterCLR run of the sweep (the first one by default).
+
+    `setting` names a setting, or its first grid values (`neg_sampling=semihard` matches
+    `neg_sampling=semihard,pool_share=0.3`).
+    """
     for row in collect_runs(sweep_dir):
         checkpoint = Path(sweep_dir) / row["run"] / "run" / "checkpoint.pt"
-        if row["state"] == "done" and checkpoint.exists() and setting in (None, row["setting"]):
+        matches = setting is None or f"{row['setting']},".startswith(f"{setting},")
+        if row["state"] == "done" and checkpoint.exists() and matches:
             return checkpoint
     raise ValueError(f"no finished run with a checkpoint in {sweep_dir} (setting {setting!r})")
 
@@ -151,7 +156,34 @@ def inter_logits(
     negatives = draw_negatives(method, queries, indices, method.options.neg_sampling, generator)
     positive = (queries * method.memory.features[positives]).sum(dim=1)
     negative = torch.einsum("bd,bkd->bk", queries, method.memory.features[negatives])
-    return {"positive": positive.cpu().numpy(), "negative": negative.flatten().cpu().numpy()}
+    return {"positive": positive.cpu().numpy(), "negative": negative.cpu().numpy()}
+
+
+def inter_temperature(method: Any) -> float:
+    """The temperature a trained InterCLR run's inter branch used."""
+    return method.options.inter_temperature or method.options.temperature
+
+
+def saturation_table(
+    logits: dict[str, np.ndarray], margins: list[float], temperatures: list[float]
+) -> str:
+    """Markdown: the mean softmax probability of the positive for each margin, kind and
+    temperature, on probed (positive, negatives) cosines. Near 1 the inter loss is saturated:
+    its gradient vanishes and the margin under study changes nothing."""
+    positive = torch.from_numpy(logits["positive"])
+    negative = torch.from_numpy(logits["negative"]).reshape(len(positive), -1)
+    columns = [(kind, t) for t in temperatures for kind in MARGIN_KINDS]
+    lines = [
+        "| margin | " + " | ".join(f"{kind}, t={t:g}" for kind, t in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for margin in margins:
+        cells = [
+            positive_probability(positive, negative, t, margin, kind).mean().item()
+            for kind, t in columns
+        ]
+        lines.append(f"| {margin:+g} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_similarity_histograms(
@@ -176,7 +208,7 @@ def plot_margin_effect(logits: dict[str, np.ndarray], margins: list[float], kind
         f"positive, m={m:+g}": apply_margin(torch.from_numpy(logits["positive"]), m, kind).numpy()
         for m in margins
     }
-    shifted["negatives"] = logits["negative"]
+    shifted["negatives"] = logits["negative"].ravel()
     return plot_similarity_histograms(
         shifted, f"{kind} margin: what the softmax sees", "logit (before / t)"
     )

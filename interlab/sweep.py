@@ -67,14 +67,19 @@ class Sweep:
 # ---- reading and checking a grid ---------------------------------------------------------------
 
 
-def load_sweep(path: str | Path, small: bool = False) -> Sweep:
-    """Read, expand and check a grid file; every problem is a ValueError naming the key."""
+def load_sweep(path: str | Path, small: bool = False, seeds: list[int] | None = None) -> Sweep:
+    """Read, expand and check a grid file; every problem is a ValueError naming the key.
+
+    `seeds` replaces the file's own list (a 3-seed run of a 1-seed grid, say).
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"grid file {path} does not exist")
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
+    if seeds is not None:
+        spec["seeds"] = list(seeds)
     return sweep_from_spec(spec, small=small, source=path)
 
 

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from interlab import distributed as dist_utils
 from interlab.config import TrainConfig, config_from_dict
 from interlab.data import ImageSet, load_dataset
-from interlab.evaluate import extract_features, knn_top1
+from interlab.devices import resolve_auto_backbone, resolve_device
+from interlab.evaluate import knn_figures
 from interlab.methods import build_method
 from interlab.methods.base import Encoder, Method
 from interlab.optim import build_optimizer, cosine_lr, set_lr
@@ -47,20 +48,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.metrics[-1] if self.metrics else {}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present (the local rank's GPU under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-        if name == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
 
 
 def yaml_ready(value: Any) -> Any:
@@ -101,8 +88,13 @@ class Trainer:
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.out = Path(config.out)
         self.progress = progress and dist_utils.is_main_process()
+        picked = resolve_auto_backbone(config)
+        if picked and dist_utils.is_main_process():
+            print(picked, flush=True)
         self.train_set, self.memory_set, self.test_set = load_train_data(config, self.device)
         self.steps_per_epoch = len(self.train_set) // self.world // config.batch_size
+        if config.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"batch_size={config.batch_size} is larger than the {len(self.train_set) // self.world} "
@@ -267,30 +259,28 @@ class Trainer:
         figures["images_per_s"] = self.steps_per_epoch * batch * self.world / seconds
         return figures
 
-    def knn_accuracy(self) -> float | None:
+    def knn_accuracy(self) -> dict[str, float]:
+        """`knn_top1` (backbone), `knn_top1_head` (embedding) and any extra protocols; {}
+        when the data has no labelled test split."""
         if self.memory_set is None or self.test_set is None:
-            return None
+            return {}
+        networks = {"": self.method.backbone}
+        if self.method.embedder is not None:
+            networks["_head"] = self.method.embedder
         aug = self.method.augment.config
-        memory, test = (
-            extract_features(
-                self.method.backbone,
-                images,
-                mean=aug.mean,
-                std=aug.std,
-                device=self.device,
-                progress=False,
-            )
-            for images in (self.memory_set.images, self.test_set.images)
-        )
-        k = min(self.config.knn_k, len(memory))
-        return knn_top1(
-            memory,
+        return knn_figures(
+            networks,
+            self.memory_set.images,
             self.memory_set.labels,
-            test,
+            self.test_set.images,
             self.test_set.labels,
             self.memory_set.num_classes,
-            k=k,
+            k=self.config.knn_k,
             temperature=self.config.knn_temperature,
+            protocols=self.config.knn_protocols,
+            mean=aug.mean,
+            std=aug.std,
+            device=self.device,
         )
 
     def should_evaluate(self) -> bool:
@@ -305,9 +295,7 @@ class Trainer:
         record.update(self.method.on_epoch_end(self.epoch))
         dist_utils.broadcast_buffers(self.method)  # ranks agree on BN statistics, queues, banks
         if self.should_evaluate():
-            knn = self.knn_accuracy()
-            if knn is not None:
-                record["knn_top1"] = knn
+            record.update(self.knn_accuracy())
         self.metrics.append(record)
         if dist_utils.is_main_process():
             with open(self.out / METRICS_NAME, "a") as f:

@@ -44,17 +44,17 @@ def test_train_then_eval_prints_fractions(tmp_path, tiny_npz, capsys):
                 "--linear",
                 "--device",
                 "cpu",
-                "--k",
-                "20",
             ]
         )
         == 0
     )
     scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(scores) == {"knn_top1", "linear_top1"}
+    assert set(scores) == {"knn_top1", "knn_top1_head", "linear_top1"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
-    # Same checkpoint, same protocol: eval reproduces the trainer's last kNN figure.
+    # Same checkpoint, the run's own protocol (knn_k=20 by default): eval reproduces the
+    # trainer's last kNN figures, on the backbone and on the embedding.
     assert abs(scores["knn_top1"] - trained["knn_top1"]) < 1e-6
+    assert abs(scores["knn_top1_head"] - trained["knn_top1_head"]) < 1e-6
 
 
 def test_unknown_method_key_and_value_exit_2_with_choices(tmp_path, capsys):

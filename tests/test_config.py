@@ -1,7 +1,12 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 
 from interlab.config import build_config, load_named_config, parse_assignment
 from interlab.methods import METHOD_NAMES
+from interlab.methods.interclr import InterCLROptions
+from interlab.sweep import load_sweep
 
 
 def test_overrides_reach_trainer_augment_and_method_keys():
@@ -71,3 +76,57 @@ def test_unknown_named_config_lists_shipped_ones():
 def test_every_method_builds_with_defaults():
     for name in METHOD_NAMES:
         assert build_config({"method": name}).method == name
+
+
+# ---- the settings the studies depend on ---------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERCLR_GRIDS = ("pseudo_labels", "negative_sampling", "decision_boundary", "sizing")
+
+
+def inter_temperature(keys: dict) -> float:
+    """The temperature the inter branch of an InterCLR config actually uses."""
+    options = InterCLROptions(**build_config(keys).method_options)
+    return options.inter_temperature or options.temperature
+
+
+def test_interclr_named_config_runs_the_inter_branch_at_the_release_temperature():
+    keys = load_named_config("interclr_cifar10")
+    assert build_config(keys).method_options["temperature"] == 0.1  # the CIFAR recipe's intra
+    assert inter_temperature(keys) == 0.2  # the release's, not saturated by the margin
+
+
+@pytest.mark.parametrize("small", [False, True])
+@pytest.mark.parametrize("grid", INTERCLR_GRIDS)
+def test_every_interclr_grid_runs_the_inter_branch_at_0_2(grid, small):
+    sweep = load_sweep(ROOT / "notebooks" / "sweeps" / f"{grid}.yaml", small=small)
+    runs = [r.parameters for r in sweep.runs if r.parameters["method"] == "interclr"]
+    assert runs
+    for parameters in runs:
+        assert inter_temperature({"method": "interclr", **parameters["overrides"]}) == 0.2
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_ablation_presets_run_the_inter_branch_at_0_2(preset):
+    spec = importlib.util.spec_from_file_location(
+        "interclr_ablations", ROOT / "benchmarks" / "interclr_ablations.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keys = module.base_keys(preset, None, None)
+    assert inter_temperature(keys) == 0.2
+
+
+def test_backbone_auto_is_the_default_and_unknown_backbones_are_named():
+    assert build_config({"method": "moco"}).backbone == "auto"
+    with pytest.raises(ValueError, match=r"unknown backbone 'resnet9'; valid: auto, resnet18"):
+        build_config({"method": "moco", "backbone": "resnet9"})
+
+
+def test_knn_protocols_are_pairs_of_k_and_temperature():
+    config = build_config(load_named_config("dino_cifar10"))
+    assert config.knn_protocols == ((20, 0.07),)  # DINO / SCFS publish kNN at k=20, t=0.07
+    with pytest.raises(ValueError, match=r"knn_protocols: each entry is \[k >= 1"):
+        build_config({"method": "moco", "knn_protocols": [[0, 0.1]]})
+    with pytest.raises(ValueError, match="knn_protocols: expected 2 values"):
+        build_config({"method": "moco", "knn_protocols": [[20]]})

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from interlab.cli import main
 from interlab.data import load_dataset
 from interlab.losses import cycle_loss, info_nce, soft_nearest_neighbour
+from interlab.methods.cyclecontrast import CycleContrastOptions
 from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import Trainer, read_metrics
 from interlab.videos import (
@@ -167,6 +168,27 @@ def test_bad_options_are_named(small_set):
         make_method(small_set, cycle_queue_size=64, support_size=32, intra_positive="next")
     with pytest.raises(ValueError, match="zoom must satisfy"):
         make_method(small_set, cycle_queue_size=64, support_size=32, pseudo_zoom=[0.5, 1.5])
+
+
+@pytest.mark.parametrize(
+    ("num_samples", "sizes"),
+    [
+        (50_000, (4096, 8192, 2048)),  # CIFAR-10: the configs' values
+        (5_000, (2048, 2048, 512)),  # the embedded mini set: both queues under half an epoch
+        (512, (256, 256, 64)),
+    ],
+)
+def test_queue_defaults_scale_to_the_epoch(num_samples, sizes):
+    options = CycleContrastOptions()
+    resolved = options.scaled_to(num_samples)
+    assert (resolved["queue_size"], resolved["cycle_queue_size"], resolved["support_size"]) == sizes
+    explicit = CycleContrastOptions(queue_size=1024, cycle_queue_size=4096, support_size=1024)
+    assert explicit.scaled_to(num_samples if num_samples > 5_000 else 50_000)["queue_size"] == 1024
+
+
+def test_support_larger_than_the_scaled_cycle_queue_is_named():
+    with pytest.raises(ValueError, match=r"support_size must be in \(0, cycle_queue_size=256\)"):
+        CycleContrastOptions(support_size=300).scaled_to(512)
 
 
 # ---- frames and pseudo-videos ------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """DINO on CPU: the loss by hand, centring, schedules, last-layer freeze, clipping, a short run."""
 
+import copy
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from interlab.augment import AugmentConfig
 from interlab.config import build_config
 from interlab.distill import (
+    DINOHead,
     clip_per_parameter,
     cosine_momentum,
     cross_pairs,
@@ -198,3 +201,62 @@ def test_short_run_logs_the_schedules(tmp_path, tiny_npz):
     assert all(math.isfinite(m["loss_dino"]) for m in metrics)
     assert 0.996 < metrics[0]["teacher_momentum"] < metrics[1]["teacher_momentum"] < 1
     assert "knn_top1" in metrics[-1]
+
+
+# ---- the teacher's BatchNorm statistics and precision ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dino", "scfs"])
+def test_teacher_bn_statistics_come_from_its_own_global_view_passes(name, mini_train):
+    """The originals EMA the teacher's parameters only; its running statistics come from its
+    passes over the global views. Copying the student's would mix in the 16 px local crops,
+    and kNN / probes evaluate the teacher with them."""
+    method = make(name)
+    method.train()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    reference = copy.deepcopy(method.teacher["backbone"])  # own statistics, teacher's weights
+    images = mini_train.images[::250][:16]
+    for _ in range(3):
+        views = method.make_views(images)
+        for mine, teachers in zip(
+            reference.parameters(), method.teacher["backbone"].parameters(), strict=True
+        ):
+            mine.data.copy_(teachers)
+        with torch.no_grad():
+            reference(torch.cat(views[:2]))  # the global views, as the teacher sees them
+        optimizer.zero_grad()
+        method(views, torch.arange(len(images)))["loss"].backward()
+        optimizer.step()
+        method.after_step(0.5)
+    teacher = dict(method.teacher["backbone"].named_buffers())
+    student = dict(method.student["backbone"].named_buffers())
+    for key, value in reference.named_buffers():
+        if key.endswith("running_mean") or key.endswith("running_var"):
+            torch.testing.assert_close(teacher[key], value, rtol=0, atol=1e-6, msg=key)
+            assert not torch.allclose(teacher[key], student[key], atol=1e-4), key
+
+
+def test_prototype_layer_runs_in_fp32_under_bf16_autocast():
+    head = DINOHead(32, out_dim=64, hidden_dim=16, bottleneck_dim=8)
+    features = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = head(features)
+        embedded = head.embed(features)
+    assert scores.dtype == torch.float32
+    expected = F.linear(embedded, F.normalize(head.last_layer.weight, dim=1))
+    torch.testing.assert_close(scores, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_embedder_is_the_teacher_backbone_and_head_bottleneck(mini_train):
+    method = make("dino")
+    method.train()
+    step(method, mini_train.images[:16])
+    torch.optim.SGD(method.parameters(), lr=1.0).step()  # the student moves, the teacher not
+    method.eval()
+    x = torch.randn(4, 3, 32, 32)
+    teacher = method.teacher
+    expected = F.normalize(teacher["head"].mlp(teacher["backbone"](x)), dim=1)
+    torch.testing.assert_close(method.embedder(x), expected)
+    student = method.student
+    moved = F.normalize(student["head"].mlp(student["backbone"](x)), dim=1)
+    assert not torch.allclose(method.embedder(x), moved, atol=1e-4)

@@ -25,6 +25,10 @@ INTERCLR_METRICS = {
     "cluster_size_median",
     "cluster_size_max",
     "false_negative_rate",
+    "fnr_random",
+    "fnr_hard",
+    "fnr_semihard",
+    "fnr_semieasy",
 }
 
 
@@ -170,7 +174,7 @@ def test_short_run_logs_every_metric_and_resumes_to_the_same_state(tmp_path, mix
         assert set(record) >= INTERCLR_METRICS, INTERCLR_METRICS - set(record)
         assert 0 <= record["nmi"] <= 1 and 0 <= record["false_negative_rate"] <= 1
         assert record["cluster_size_min"] >= 20
-    assert "knn_top1" in whole.metrics[-1]
+    assert {"knn_top1", "knn_top1_head"} <= set(whole.metrics[-1])
 
     sliced_config = interclr_config(tmp_path / "sliced", data)
     Trainer(sliced_config, progress=False).fit(resume=False, stop_after_epochs=2)
@@ -247,3 +251,49 @@ def test_a_run_without_a_bank_has_no_snapshots(tmp_path, mixed_npz):
     Trainer(cpu_config(tmp_path / "moco", f"npz:{mixed_npz}", epochs=1), progress=False).fit()
     with pytest.raises(ValueError, match="holds no memory-bank snapshots"):
         list_snapshots(tmp_path / "moco")
+
+
+def test_pool_share_sets_the_pool_and_a_conflict_is_named(mixed_train):
+    method = make_method(mixed_train, pool_share=0.3)
+    assert method.options.pool == round(0.3 * 512) == 154
+    assert method.config.method_options["pool"] == 154  # config.yaml records the size used
+    assert make_method(mixed_train, pool_share=0.3, pool=154).options.pool == 154  # a resume
+    with pytest.raises(ValueError, match=r"pool=100 and pool_share=0\.3 disagree"):
+        make_method(mixed_train, pool_share=0.3, pool=100)
+    with pytest.raises(ValueError, match=r"pool_share must be in \(0, 1\)"):
+        build_config({"method": "interclr", "pool_share": 1.5})
+
+
+def class_blob_bank(method, train_set, seed=0):
+    """Bank features = one tight blob per true class; pseudo-labels random (class-blind)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = train_set.labels
+    features = torch.nn.functional.one_hot(labels, 128).float()
+    features += 0.01 * torch.randn(features.shape, generator=generator)
+    clusters = torch.randint(0, method.memory.num_clusters, labels.shape, generator=generator)
+    method.memory.initialize(features, clusters)
+
+
+def test_sampler_probe_measures_each_sampler_by_its_definition(mixed_train):
+    """Classes are tight blobs and pseudo-labels ignore them: the hard negatives (nearest
+    non-cluster entries) are all the query's class, the semi-easy ones (farthest) never are,
+    random ones are at the class share, and the semi-hard pool (about one class wide) mostly is."""
+    method = make_method(mixed_train, num_clusters=10, min_cluster=5, probe_queries=128)
+    class_blob_bank(method, mixed_train)
+    rates = method.sampler_false_negatives()
+    assert set(rates) == {"fnr_random", "fnr_hard", "fnr_semihard", "fnr_semieasy"}
+    assert rates["fnr_hard"] == 1.0
+    assert rates["fnr_semieasy"] == 0.0
+    assert 0.05 < rates["fnr_random"] < 0.16  # 10 classes
+    assert rates["fnr_semihard"] > 0.7
+    # Pseudo-labels equal to the classes: no sampler can draw a same-class negative.
+    method.memory.assign_all(mixed_train.labels)
+    assert set(method.sampler_false_negatives().values()) == {0.0}
+
+
+def test_sampler_probe_leaves_the_training_stream_alone(mixed_train):
+    method = make_method(mixed_train)
+    before = method.generator.get_state()
+    method.sampler_false_negatives()
+    assert torch.equal(method.generator.get_state(), before)
+    assert make_method(mixed_train, probe_queries=0).sampler_false_negatives() == {}

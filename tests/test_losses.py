@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interlab.losses import apply_margin, info_nce, margin_nce, nt_xent
+from interlab.losses import apply_margin, info_nce, margin_nce, nt_xent, positive_probability
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -132,3 +132,38 @@ def test_negative_margin_lowers_the_loss_and_bad_kind_is_named():
     assert losses[0] < losses[1] < losses[2]
     with pytest.raises(ValueError, match="unknown margin kind 'sphere'"):
         margin_nce(q, p, negatives, 0.2, 0.1, "sphere")
+
+
+def test_positive_probability_shows_saturation_at_low_temperature():
+    """The issue's example: a positive at cosine 0.6 against 650 negatives at 0.3, margin -0.5.
+
+    At t=0.1 the positive's logit is (0.6 + 0.5) / 0.1 = 11 against 3 for each negative:
+    p = 1 / (1 + 650 e^-8) = 0.821. At t=0.2: 5.5 against 1.5, p = 1 / (1 + 650 e^-4) = 0.0775.
+    """
+    positive = torch.tensor([0.6])
+    negatives = torch.full((1, 650), 0.3)
+    at_01 = positive_probability(positive, negatives, 0.1, margin=-0.5, kind="cos")
+    at_02 = positive_probability(positive, negatives, 0.2, margin=-0.5, kind="cos")
+    assert at_01.item() == pytest.approx(1 / (1 + 650 * math.exp(-8)), rel=1e-5)
+    assert at_02.item() == pytest.approx(1 / (1 + 650 * math.exp(-4)), rel=1e-5)
+    assert at_01.item() == pytest.approx(0.821, abs=1e-3)
+    assert at_02.item() == pytest.approx(0.0775, abs=1e-4)
+
+
+@pytest.mark.parametrize(("margin", "kind"), [(-0.5, "cos"), (0.3, "arc"), (0.0, "cos")])
+def test_margin_nce_is_minus_log_of_the_positive_probability(margin, kind):
+    generator = torch.Generator().manual_seed(3)
+    query = F.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    positive = F.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    negatives = F.normalize(torch.randn(5, 7, 8, generator=generator), dim=2)
+    loss = margin_nce(query, positive, negatives, 0.2, margin, kind)
+    cosines = (query * positive).sum(1), torch.einsum("bd,bkd->bk", query, negatives)
+    probability = positive_probability(*cosines, 0.2, margin, kind)
+    assert loss.item() == pytest.approx(-probability.log().mean().item(), rel=1e-5)
+
+
+def test_positive_probability_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"positive \(B,\) and negatives \(B, K\)"):
+        positive_probability(torch.zeros(3), torch.zeros(2, 4), 0.2)
+    with pytest.raises(ValueError, match="temperature"):
+        positive_probability(torch.zeros(3), torch.zeros(3, 4), 0.0)

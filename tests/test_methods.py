@@ -2,10 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import interlab.methods.moco as moco_module
+from interlab import nets
 from interlab.augment import AugmentConfig
 from interlab.config import build_config
 from interlab.losses import info_nce, nt_xent
 from interlab.methods import build_method
+from interlab.train import train
+from tests.conftest import cpu_config
 
 
 def make(method: str, **keys):
@@ -83,3 +87,34 @@ def test_simclr_loss_is_nt_xent_of_its_embeddings():
     loss = simclr([v1, v2], torch.arange(8))["loss"]
     expected = nt_xent(simclr.encoder(v1), simclr.encoder(v2), 0.5)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
+    tmp_path, tiny_npz, monkeypatch
+):
+    """facebookresearch/moco's builder EMAs the key encoder's parameters only. Its BN runs in
+    train mode (batch statistics), so its running statistics never enter a loss: the query
+    encoder, the queue and every loss stay the same to the bit as with copied statistics."""
+    data = f"npz:{tiny_npz}"
+    params_only = train(cpu_config(tmp_path / "a", data, epochs=1), progress=False)
+
+    def copy_buffers_too(target, online, momentum):  # the previous helper, for comparison
+        nets.momentum_update(target, online, momentum)
+        for mine, theirs in zip(target.buffers(), online.buffers(), strict=True):
+            mine.copy_(theirs)
+
+    monkeypatch.setattr(moco_module, "momentum_update", copy_buffers_too)
+    copied = train(cpu_config(tmp_path / "b", data, epochs=1), progress=False)
+    a, b = params_only.method, copied.method
+    expected = b.encoder.state_dict()
+    for name, value in a.encoder.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    assert torch.equal(a.queue, b.queue)
+    assert params_only.final["loss"] == copied.final["loss"]
+    key_bn, query_bn = (
+        next(m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        for encoder in (a.key_encoder, a.encoder)
+    )
+    assert not torch.allclose(key_bn.running_mean, query_bn.running_mean)  # its own passes
+    copied_key_bn = next(m for m in b.key_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.equal(copied_key_bn.running_mean, query_bn.running_mean)  # the old copy

@@ -133,17 +133,19 @@ def _small_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
 
 
-def test_momentum_update_matches_hand_formula_and_copies_buffers():
+def test_momentum_update_matches_hand_formula_and_leaves_buffers_alone():
     online = _small_net()
     target = make_momentum_copy(_small_net())
+    target[1].running_mean.fill_(-1.0)
     online[1].running_mean.fill_(3.0)
     online[1].num_batches_tracked.fill_(7)
     before = [p.clone() for p in target.parameters()]
     momentum_update(target, online, 0.9)
     for old, new, source in zip(before, target.parameters(), online.parameters(), strict=True):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * source, rtol=0, atol=1e-6)
-    assert torch.equal(target[1].running_mean, torch.full((4,), 3.0))
-    assert int(target[1].num_batches_tracked) == 7
+    # The target keeps the statistics of its own passes (facebookresearch/moco, DINO).
+    assert torch.equal(target[1].running_mean, torch.full((4,), -1.0))
+    assert int(target[1].num_batches_tracked) == 0
 
 
 def test_momentum_update_known_values():

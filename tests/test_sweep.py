@@ -256,6 +256,15 @@ def test_study_notebooks_read_a_finished_sweep(study, tmp_path, tiny_npz):
     ]
     assert images, f"{study} drew no figure"
     assert (sweep_dir / "summary.md").exists()
+    markdown = "".join(
+        o.get("data", {}).get("text/markdown", "")
+        for c in notebook.cells
+        for o in c.get("outputs", [])
+    )
+    assert "knn_top1_head" in markdown  # the report's table has both kNN protocols
+    if study == "03_decision_boundary.ipynb":  # saturation at a glance: p(positive) per margin
+        assert "| margin | cos, t=0.1 | arc, t=0.1 | cos, t=0.2 | arc, t=0.2 |" in markdown
+        assert "| -0.5 | " in markdown
 
 
 def test_report_notebook_shows_the_table(toy_notebook, tmp_path):

@@ -4,6 +4,10 @@ import pytest
 import torch
 import yaml
 
+from interlab.cli import main
+from interlab.data import load_dataset
+from interlab.evaluate import extract_features, knn_top1
+from interlab.methods import METHOD_NAMES
 from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
 from tests.conftest import cpu_config
@@ -79,3 +83,58 @@ def test_short_moco_run_beats_the_untrained_network(tmp_path):
     print(json.dumps({"untrained": before, "trained": after}))
     # Measured: 0.297 -> 0.391 (+9.4 points) in 8 epochs; assert a safe part of it.
     assert after > before + 0.05
+
+
+def test_knn_is_recorded_on_the_backbone_the_embedding_and_extra_protocols(tmp_path, tiny_npz):
+    data = f"npz:{tiny_npz}"
+    config = cpu_config(tmp_path / "run", data, epochs=1, knn_protocols=[[5, 0.07]])
+    result = train(config, progress=False)
+    memory, test = load_dataset(data, "train"), load_dataset(data, "test")
+    method = result.method
+    aug = method.augment.config
+
+    def knn(network, k, temperature):
+        features = [
+            extract_features(network, s.images, mean=aug.mean, std=aug.std, progress=False)
+            for s in (memory, test)
+        ]
+        assert features[0].shape[1] == (256 if network is method.backbone else 128)
+        return knn_top1(
+            features[0], memory.labels, features[1], test.labels, 10, k=k, temperature=temperature
+        )
+
+    record = read_metrics(tmp_path / "run")[-1]
+    assert record["knn_top1"] == knn(method.backbone, 20, 0.1)
+    # The MoCo CIFAR-10 demo's protocol: the 128-d projection output, L2-normalised.
+    assert record["knn_top1_head"] == knn(method.embedder, 20, 0.1)
+    assert record["knn_top1_k5_t0.07"] == knn(method.backbone, 5, 0.07)
+
+
+# cyclecontrast (whose 8,192-entry cycle queue used to exceed the mini epoch) runs in the fast
+# suite; the others take 15-35 s each on 2 cores (kNN of two networks on 6,000 images).
+DEFAULTS_RUNS = [
+    pytest.param(m, marks=() if m == "cyclecontrast" else pytest.mark.slow) for m in METHOD_NAMES
+]
+
+
+@pytest.mark.parametrize("method", DEFAULTS_RUNS)
+def test_every_method_trains_a_short_epoch_on_the_embedded_data_with_its_defaults(
+    method, tmp_path, capsys
+):
+    """`interlab train --method M --data cifar10-mini` with no option set: queues scale to the
+    5,000-image epoch, backbone=auto picks the ConvNet on a CPU and says so."""
+    out = tmp_path / method
+    args = ["train", "--method", method, "--data", "cifar10-mini", "--epochs", "1"]
+    args += ["--batch-size", "64", "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main([*args, "--set", "max_steps_per_epoch=2"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "backbone auto -> convnet (cpu)" in printed
+    final = json.loads(printed.strip().splitlines()[-1])
+    assert final["step"] == 2 and 0 <= final["knn_top1"] <= 1
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["backbone"] == "convnet"
+    if method in ("moco", "interclr", "cyclecontrast"):
+        assert saved["method_options"]["queue_size"] == 2048  # a power of two <= 5,000 / 2
+    if method == "cyclecontrast":
+        assert saved["method_options"]["cycle_queue_size"] == 2048
+        assert saved["method_options"]["support_size"] == 512

@@ -33,6 +33,9 @@ def method_options_class(name: str) -> type:
 
 def build_method(config: Any, augment: AugmentConfig, num_samples: int = 0) -> Any:
     """Instantiate `config.method` with its checked options for a training set of `num_samples`."""
+    from interlab.devices import resolve_auto_backbone
+
+    resolve_auto_backbone(config)
     cls = method_class(config.method)
     options = cls.options_class(**config.method_options)
     return cls(config, options, augment, num_samples)

@@ -88,6 +88,16 @@ class Method(nn.Module):
         """The network evaluated by kNN / linear probes."""
         raise NotImplementedError
 
+    @property
+    def embedder(self) -> nn.Module | None:
+        """The network whose output is the method's embedding (backbone + projection head).
+
+        kNN on its L2-normalised output is `knn_top1_head`: the MoCo CIFAR-10 demo's
+        published 82.6 / 85.3 are that (its network ends in the fc), not the pooled backbone.
+        None for a method without such a head.
+        """
+        return None
+
     def make_views(self, images: Tensor) -> list[Tensor]:
         """Two independently augmented views of each image (uint8 NHWC in, float NCHW out)."""
         return [self.augment(images, self.generator), self.augment(images, self.generator)]

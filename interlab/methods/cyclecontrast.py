@@ -18,6 +18,7 @@ pseudo-videos (see `interlab.videos`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,19 +29,20 @@ from interlab.config import TrainConfig
 from interlab.data import ImageSet
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import cycle_loss, info_nce
-from interlab.methods.moco import MoCo, MoCoOptions, fifo_write
+from interlab.methods.moco import MoCo, MoCoOptions, fifo_write, scaled_queue
 from interlab.nets import MLPHead, make_momentum_copy, momentum_update
 from interlab.videos import PseudoVideoConfig, VideoIndex, frame_pairs
 
 INTRA_POSITIVES = ("other_frame", "same_frame")
+CYCLE_QUEUE = 8192  # 2,048 support + 6,144 negatives on CIFAR-10 (the release: 81,920 on R2V2)
 
 
 @dataclass
 class CycleContrastOptions(MoCoOptions):
     """MoCo v2 options plus the cycle branch (sizes for CIFAR-scale data: queues < one epoch)."""
 
-    cycle_queue_size: int = 8192
-    support_size: int = 2048  # the rest of the cycle queue are the cycle negatives
+    cycle_queue_size: int | None = None  # None: 8192, or less to stay well under one epoch
+    support_size: int | None = None  # None: a quarter of the cycle queue; the rest are negatives
     cycle_weight: float = 0.1
     nn_temperature: float | None = None  # soft-NN temperature; None = `temperature`
     separate_head: bool = True  # a cycle head of its own (False: reuse the MoCo head)
@@ -55,11 +57,7 @@ class CycleContrastOptions(MoCoOptions):
         super().__post_init__()
         if self.symmetric:
             raise ValueError("symmetric=True is not part of CycleContrast; use symmetric=false")
-        if not 0 < self.support_size < self.cycle_queue_size:
-            raise ValueError(
-                f"support_size must be in (0, cycle_queue_size={self.cycle_queue_size}); "
-                f"got {self.support_size}"
-            )
+        self.check_support()
         if self.cycle_weight < 0:
             raise ValueError(f"cycle_weight must be >= 0; got {self.cycle_weight}")
         if self.nn_temperature is not None and self.nn_temperature <= 0:
@@ -69,6 +67,31 @@ class CycleContrastOptions(MoCoOptions):
                 f"unknown intra_positive {self.intra_positive!r}; valid: {', '.join(INTRA_POSITIVES)}"
             )
         self.pseudo_video_config()  # range checks
+
+    def check_support(self) -> None:
+        if self.cycle_queue_size is not None and self.cycle_queue_size < 2:
+            raise ValueError(f"cycle_queue_size must be >= 2; got {self.cycle_queue_size}")
+        if self.support_size is None:
+            return
+        ceiling = self.cycle_queue_size or CYCLE_QUEUE
+        if not 0 < self.support_size < ceiling:
+            raise ValueError(
+                f"support_size must be in (0, cycle_queue_size={ceiling}); got {self.support_size}"
+            )
+
+    def scaled_to(self, num_samples: int) -> dict[str, Any]:
+        """MoCo's queue, the cycle queue (both under one epoch) and the support split."""
+        sizes = super().scaled_to(num_samples)
+        if self.cycle_queue_size is None:
+            self.cycle_queue_size = scaled_queue(CYCLE_QUEUE, num_samples)
+        if self.support_size is None:
+            self.support_size = max(1, self.cycle_queue_size // 4)
+        self.check_support()
+        return {
+            **sizes,
+            "cycle_queue_size": self.cycle_queue_size,
+            "support_size": self.support_size,
+        }
 
     def pseudo_video_config(self) -> PseudoVideoConfig:
         return PseudoVideoConfig(

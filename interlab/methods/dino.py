@@ -20,6 +20,7 @@ from interlab.augment import AugmentConfig, multi_crop
 from interlab.config import TrainConfig
 from interlab.distill import (
     DINOHead,
+    HeadEmbedding,
     clip_per_parameter,
     cosine_momentum,
     cross_pairs,
@@ -137,6 +138,11 @@ class DINO(Method):
     @property
     def backbone(self) -> nn.Module:
         return self.teacher["backbone"]
+
+    @property
+    def embedder(self) -> nn.Module:
+        """The teacher's backbone and head up to its L2-normalised bottleneck."""
+        return HeadEmbedding(self.teacher["backbone"], self.teacher["head"])
 
     def make_views(self, images: Tensor) -> list[Tensor]:
         """2 global crops at the data size, then `n_local` local crops at `local_size`."""

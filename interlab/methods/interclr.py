@@ -17,6 +17,7 @@ negatives per query and a semi-hard pool of 10% of N (ImageNet's 10k / 16,384 / 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ class InterCLROptions(MoCoOptions):
     num_clusters: int | None = None  # ~ N / 128
     num_negatives: int | None = None  # ~ 1.3% of N
     pool: int | None = None  # semi-hard / semi-easy pool, ~ 10% of N
+    pool_share: float | None = None  # the pool as a share of N (instead of `pool`)
     margin: float = -0.5
     margin_kind: str = "cos"
     intra_margin: float = 0.0  # the original's optional margin on the MoCo branch (off)
@@ -67,6 +69,7 @@ class InterCLROptions(MoCoOptions):
     kmeans_iterations: int = 20
     kmeans_backend: str = "auto"
     exclude_self_positive: bool = False  # the original may draw the query's own entry
+    probe_queries: int = 256  # bank entries whose negatives measure every sampler; 0 = off
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,17 +101,29 @@ class InterCLROptions(MoCoOptions):
             raise ValueError(f"inter_temperature must be > 0; got {self.inter_temperature}")
         if self.inter_warmup_epochs < 0:
             raise ValueError(f"inter_warmup_epochs must be >= 0; got {self.inter_warmup_epochs}")
+        if self.pool_share is not None and not 0 < self.pool_share < 1:
+            raise ValueError(f"pool_share must be in (0, 1); got {self.pool_share}")
+        if self.probe_queries < 0:
+            raise ValueError(f"probe_queries must be >= 0; got {self.probe_queries}")
 
-    def scaled_to(self, num_samples: int) -> None:
-        """Fill the None sizes from the bank size and check they fit it."""
+    def scaled_to(self, num_samples: int) -> dict[str, Any]:
+        """Fill the None sizes from the bank size and check they fit it; returns them."""
+        sizes = super().scaled_to(num_samples)
         if num_samples < 2:
             raise ValueError("interclr needs the training-set size (num_samples >= 2) for its bank")
         if self.num_clusters is None:
             self.num_clusters = max(2, round(num_samples / MEAN_CLUSTER_SIZE))
         if self.num_negatives is None:
             self.num_negatives = max(1, round(NEGATIVES_SHARE * num_samples))
+        share = POOL_SHARE if self.pool_share is None else self.pool_share
+        shared_pool = max(self.num_negatives, round(share * num_samples))
         if self.pool is None:
-            self.pool = max(self.num_negatives, round(POOL_SHARE * num_samples))
+            self.pool = shared_pool
+        elif self.pool_share is not None and self.pool != shared_pool:
+            raise ValueError(
+                f"pool={self.pool} and pool_share={self.pool_share} disagree (the share gives "
+                f"{shared_pool} of {num_samples}); set one of them"
+            )
         if self.num_clusters * 2 * self.min_cluster > num_samples:
             raise ValueError(
                 f"num_clusters={self.num_clusters} with min_cluster={self.min_cluster} needs at "
@@ -123,6 +138,12 @@ class InterCLROptions(MoCoOptions):
             raise ValueError(
                 f"num_negatives={self.num_negatives} exceeds the {self.neg_sampling} pool={self.pool}"
             )
+        return {
+            **sizes,
+            "num_clusters": self.num_clusters,
+            "num_negatives": self.num_negatives,
+            "pool": self.pool,
+        }
 
 
 class InterCLR(MoCo):
@@ -138,12 +159,6 @@ class InterCLR(MoCo):
         augment: AugmentConfig,
         num_samples: int = 0,
     ) -> None:
-        options.scaled_to(num_samples)
-        config.method_options.update(  # config.yaml records the sizes actually used
-            num_clusters=options.num_clusters,
-            num_negatives=options.num_negatives,
-            pool=options.pool,
-        )
         super().__init__(config, options, augment, num_samples)
         self.memory = MemoryBank(
             num_samples, options.proj_dim, options.num_clusters, options.bank_momentum
@@ -197,7 +212,7 @@ class InterCLR(MoCo):
             _, labels = self.cluster_training_set(seed=self.config.seed + epoch)
             self.memory.assign_all(labels)  # labels only: the bank keeps its features
             self.memory.refresh_centroids()
-        return self.cluster_figures()
+        return {**self.cluster_figures(), **self.sampler_false_negatives()}
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """The bank as explorers replay it: float16 features, int32 labels, centroids."""
@@ -217,6 +232,32 @@ class InterCLR(MoCo):
         }
         if self.true_labels is not None:
             figures.update(cluster_scores(self.true_labels, self.memory.labels))
+        return figures
+
+    @torch.no_grad()
+    def sampler_false_negatives(self) -> dict[str, float]:
+        """Every sampler's false-negative rate on the bank, whichever one trains (`fnr_<name>`).
+
+        A fixed set of `probe_queries` bank entries (their own features as queries) draws
+        negatives with each strategy and the run's sizes, so one run shows what study 2
+        compares. Its generator is its own: the training stream is untouched.
+        """
+        count = min(self.options.probe_queries, self.memory.size)
+        if self.true_labels is None or count == 0:
+            return {}
+        device = self.memory.features.device
+        generator = torch.Generator(device=device).manual_seed(self.config.seed)
+        indices = torch.randperm(self.memory.size, generator=generator, device=device)[:count]
+        queries = self.memory.features[indices]
+        o = self.options
+        figures = {}
+        for strategy in NEGATIVE_STRATEGIES:
+            drawn = sample_negatives(
+                self.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
+            )
+            figures[f"fnr_{strategy}"] = float(
+                false_negative_share(self.true_labels, indices, drawn)
+            )
         return figures
 
     # ---- one step ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from interlab.nets import convert_split_batchnorm, make_momentum_copy, momentum_
 class MoCoOptions(ProjectionOptions):
     """MoCo v2 defaults (MLP head of the backbone's width); the CIFAR-10 recipe is a named config."""
 
-    queue_size: int = 4096
+    queue_size: int | None = None  # None: 4096, or less to stay well under one epoch
     encoder_momentum: float = 0.99
     symmetric: bool = False
     split_bn: int = 8  # BN groups emulating shuffle-BN on one device; 1 = plain BN
@@ -28,12 +29,30 @@ class MoCoOptions(ProjectionOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.queue_size <= 0:
+        if self.queue_size is not None and self.queue_size <= 0:
             raise ValueError(f"queue_size must be > 0; got {self.queue_size}")
         if not 0.0 <= self.encoder_momentum <= 1.0:
             raise ValueError(f"encoder_momentum must be in [0, 1]; got {self.encoder_momentum}")
         if self.split_bn < 1:
             raise ValueError(f"split_bn must be >= 1; got {self.split_bn}")
+
+    def scaled_to(self, num_samples: int) -> dict[str, Any]:
+        """Fill the sizes left as None from the training-set size; returns the values used."""
+        if self.queue_size is None:
+            self.queue_size = scaled_queue(MOCO_QUEUE, num_samples)
+        return {"queue_size": self.queue_size}
+
+
+MOCO_QUEUE = 4096  # the CIFAR-10 recipe's queue, where a longer one stops helping
+
+
+def scaled_queue(ceiling: int, num_samples: int) -> int:
+    """The largest power of two <= min(ceiling, N / 2): a queue well under one epoch, so an
+    image's stale key from the last epoch has left it before the image comes back."""
+    if num_samples <= 0:  # size unknown (a method built without data)
+        return ceiling
+    limit = max(1, min(ceiling, num_samples // 2))
+    return 1 << (limit.bit_length() - 1)
 
 
 class MoCo(Method):
@@ -50,6 +69,8 @@ class MoCo(Method):
         num_samples: int = 0,
     ) -> None:
         super().__init__(config, options, augment, num_samples)
+        # config.yaml records the sizes actually used
+        config.method_options.update(options.scaled_to(num_samples))
         keys_per_step = config.batch_size * world_size() * (2 if options.symmetric else 1)
         if keys_per_step > options.queue_size:
             raise ValueError(
@@ -67,6 +88,10 @@ class MoCo(Method):
     @property
     def backbone(self) -> torch.nn.Module:
         return self.encoder.backbone
+
+    @property
+    def embedder(self) -> torch.nn.Module:
+        return self.encoder
 
     @torch.no_grad()
     def keys(self, images: Tensor) -> Tensor:

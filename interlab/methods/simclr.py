@@ -41,6 +41,10 @@ class SimCLR(Method):
     def backbone(self) -> torch.nn.Module:
         return self.encoder.backbone
 
+    @property
+    def embedder(self) -> torch.nn.Module:
+        return self.encoder
+
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         z1 = gather_cat_with_grad(self.encoder(views[0]))
         z2 = gather_cat_with_grad(self.encoder(views[1]))
