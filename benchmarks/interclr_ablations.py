@@ -49,7 +49,10 @@ def base_keys(preset: str, data: str | None, epochs: int | None) -> dict[str, An
         keys = {"method": "interclr", "data": data or "cifar10-mini", "device": "cpu"}
         keys.update(CPU_SETTINGS)
         keys.update(MOCO_CPU)
-        keys.update(recluster_every=5)  # offline: 4 re-clusterings in the 20 CPU epochs
+        # The inter branch at the release's t=0.2 (MOCO_CPU's intra t is 0.2 too), the CIFAR
+        # sizes of interclr_cifar10 (10 clusters per class, a pool of 30% of N); offline
+        # labels re-clustered 4 times in the 20 CPU epochs.
+        keys.update(inter_temperature=0.2, num_clusters=100, pool_share=0.3, recluster_every=5)
     if epochs is not None:
         keys["epochs"] = epochs
     keys["eval_every"] = max(1, keys["epochs"] // 10)

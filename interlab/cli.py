@@ -198,7 +198,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
-    sweep = load_sweep(args.grid, small=args.small, seeds=args.seeds)  # every run checked before any starts
+    sweep = load_sweep(
+        args.grid, small=args.small, seeds=args.seeds
+    )  # every run checked before any starts
     out = Path(
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )

@@ -82,18 +82,25 @@ def plot_epoch_series(
     return fig
 
 
-def trained_run(sweep_dir: str | Path, setting: str | None = None) -> Path:
-    """The checkpoint of a finished InterCLR run of the sweep (the first one by default).
+def trained_run(sweep_dir: str | Path, *settings: str) -> Path:
+    """The checkpoint of a finished InterCLR run of the sweep.
 
-    `setting` names a setting, or its first grid values (`neg_sampling=semihard` matches
-    `neg_sampling=semihard,pool_share=0.3`).
+    `settings` are tried in order; each names a setting or its first grid values
+    (`neg_sampling=semihard` matches `neg_sampling=semihard,pool_share=0.3`). None given, or
+    none found: the first finished run.
     """
+    finished = []
     for row in collect_runs(sweep_dir):
         checkpoint = Path(sweep_dir) / row["run"] / "run" / "checkpoint.pt"
-        matches = setting is None or f"{row['setting']},".startswith(f"{setting},")
-        if row["state"] == "done" and checkpoint.exists() and matches:
-            return checkpoint
-    raise ValueError(f"no finished run with a checkpoint in {sweep_dir} (setting {setting!r})")
+        if row["state"] == "done" and checkpoint.exists():
+            finished.append((f"{row['setting']},", checkpoint))
+    for setting in settings:
+        for name, checkpoint in finished:
+            if name.startswith(f"{setting},"):
+                return checkpoint
+    if finished:
+        return finished[0][1]
+    raise ValueError(f"no finished run with a checkpoint in {sweep_dir}")
 
 
 @torch.no_grad()

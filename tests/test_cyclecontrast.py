@@ -370,3 +370,16 @@ def test_two_ranks_keep_identical_queues_with_every_rank_s_videos(tmp_path, mixe
     assert int(rank0["state"]["cycle_ptr"]) == 512 % 192
     videos = rank0["state"]["cycle_videos"]
     assert len(set(videos.tolist())) == 192  # distinct images from both ranks' halves
+
+
+def test_named_config_has_the_release_s_mlp_heads():
+    """The release trains with --mlp --sep-head: the MoCo head and the separate cycle head are
+    both MLPs whose hidden width is the backbone's (512 for ResNet-18)."""
+    from interlab.config import build_config, load_named_config
+    from interlab.methods import build_method
+
+    config = build_config({**load_named_config("cyclecontrast_cifar10"), "device": "cpu"})
+    method = build_method(config, config.augment_config(32), 50_000)
+    for head in (method.encoder.head, method.cycle_head, method.key_cycle_head):
+        linears = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(512, 512), (512, 128)]

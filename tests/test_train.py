@@ -110,14 +110,7 @@ def test_knn_is_recorded_on_the_backbone_the_embedding_and_extra_protocols(tmp_p
     assert record["knn_top1_k5_t0.07"] == knn(method.backbone, 5, 0.07)
 
 
-# cyclecontrast (whose 8,192-entry cycle queue used to exceed the mini epoch) runs in the fast
-# suite; the others take 15-35 s each on 2 cores (kNN of two networks on 6,000 images).
-DEFAULTS_RUNS = [
-    pytest.param(m, marks=() if m == "cyclecontrast" else pytest.mark.slow) for m in METHOD_NAMES
-]
-
-
-@pytest.mark.parametrize("method", DEFAULTS_RUNS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_every_method_trains_a_short_epoch_on_the_embedded_data_with_its_defaults(
     method, tmp_path, capsys
 ):
