@@ -187,13 +187,26 @@ def margin_nce(
         raise ValueError(f"unknown margin kind {kind!r}; valid: {', '.join(MARGIN_KINDS)}")
     if margin == 0:
         return info_nce(query, positive, negatives, temperature)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    logits = contrastive_logits(query, positive, negatives).float()
-    positive_logit = apply_margin(logits[:, :1], margin, kind)
-    logits = torch.cat([positive_logit, logits[:, 1:]], dim=1) / temperature
+    cosines = contrastive_logits(query, positive, negatives).float()
+    logits = margin_logits(cosines[:, 0], cosines[:, 1:], temperature, margin, kind)
     targets = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, targets)
+
+
+def margin_logits(
+    positive: Tensor, negatives: Tensor, temperature: float, margin: float, kind: str
+) -> Tensor:
+    """(B, 1 + K) MarginNCE logits from cosines: the positive (B,) shifted by the margin in
+    column 0, then the negatives (B, K), all divided by the temperature."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0; got {temperature}")
+    if positive.dim() != 1 or negatives.dim() != 2 or len(negatives) != len(positive):
+        raise ValueError(
+            f"expected positive (B,) and negatives (B, K); got {tuple(positive.shape)} "
+            f"and {tuple(negatives.shape)}"
+        )
+    shifted = apply_margin(positive.float().unsqueeze(1), margin, kind)
+    return torch.cat([shifted, negatives.float()], dim=1) / temperature
 
 
 def positive_probability(
@@ -208,13 +221,4 @@ def positive_probability(
     `positive` (B,) and `negatives` (B, K) are cosines. A value near 1 means the loss is
     saturated: its gradient vanishes, so the margin under study no longer shapes training.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
-    if positive.dim() != 1 or negatives.dim() != 2 or len(negatives) != len(positive):
-        raise ValueError(
-            f"expected positive (B,) and negatives (B, K); got {tuple(positive.shape)} "
-            f"and {tuple(negatives.shape)}"
-        )
-    shifted = apply_margin(positive.float().unsqueeze(1), margin, kind)
-    logits = torch.cat([shifted, negatives.float()], dim=1) / temperature
-    return logits.softmax(dim=1)[:, 0]
+    return margin_logits(positive, negatives, temperature, margin, kind).softmax(dim=1)[:, 0]
