@@ -55,20 +55,15 @@ def moco_step_rate(trainer: Trainer, steps: int, warmup: int) -> float:
 def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
     """Forward+backward of two ready-made views through a plain backbone, same precision and layout."""
     config, device = trainer.config, trainer.device
-    net = build_backbone(config.backbone, cifar_stem=config.cifar_stem).to(device)
-    fmt = (
-        torch.channels_last
-        if device.type == "cuda" and config.channels_last
-        else torch.contiguous_format
+    precision = trainer.precision
+    net = precision.prepare(
+        build_backbone(config.backbone, cifar_stem=config.cifar_stem).to(device)
     )
-    net = net.to(memory_format=fmt)
-    if config.compile:
+    if precision.compile:
         net.compile()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     size = trainer.train_set.image_size
-    views = torch.randn(2 * config.batch_size, 3, size, size, device=device).contiguous(
-        memory_format=fmt
-    )
+    views = precision.images(torch.randn(2 * config.batch_size, 3, size, size, device=device))
 
     def step() -> None:
         with trainer.autocast():

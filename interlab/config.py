@@ -43,9 +43,11 @@ class TrainConfig:
     cifar_stem: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast, CUDA only
-    channels_last: bool = True  # CUDA only
-    compile: bool = False
+    # bf16 autocast: None (auto) where the device runs bf16 natively (CUDA, CPUs with
+    # AVX512-BF16/AMX), true on any device, false = fp32 (the exact path tests use)
+    amp: bool | None = None
+    channels_last: bool = True  # on every device (false = contiguous NCHW)
+    compile: bool = False  # torch.compile every network a step calls (see Method)
     eval_every: int = 10  # kNN every N epochs (and always after the last one); 0 = last only
     knn_k: int = 200
     knn_temperature: float = 0.1

@@ -1,12 +1,15 @@
-"""Which device a run uses, what it is called, and the backbone `auto` picks for it."""
+"""Devices and how networks run on them: device choice, backbone=auto, the precision policy."""
 
 from __future__ import annotations
 
 import os
 import platform
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 # backbone=auto: a network that visibly learns in minutes on a CPU (kNN 0.30 -> 0.42 on the
 # mini data in ~100 s on 2 cores), the MoCo CIFAR-10 recipe's ResNet-18 on a GPU (the
@@ -55,3 +58,84 @@ def resolve_auto_backbone(config: Any) -> str | None:
     config.backbone, config.cifar_stem = auto_backbone(device)
     stem = " with the cifar stem" if config.cifar_stem else ""
     return f"backbone auto -> {config.backbone}{stem} ({device.type})"
+
+
+# ---- precision and memory format ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the networks run on one device: autocast dtype, memory format, TF32, compilation.
+
+    One policy serves the trainer, feature extraction (kNN, bank initialisation, probes) and
+    the explorers, so a run is evaluated the way it trained. Sections that must stay exact
+    (InterCLR's bank similarities and MarginNCE, DINO's prototypes, every loss's softmax)
+    switch autocast off themselves.
+    """
+
+    device_type: str
+    dtype: torch.dtype | None = None  # autocast dtype; None = full precision
+    channels_last: bool = False
+    compile: bool = False
+
+    def autocast(self) -> AbstractContextManager:
+        """The forward passes' autocast region (nothing in full precision)."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def images(self, batch: Tensor) -> Tensor:
+        """A 4-D image batch in the policy's memory format."""
+        if self.channels_last and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Weights in the policy's memory format (conv kernels channels_last)."""
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def describe(self) -> str:
+        dtype = "bf16 autocast" if self.dtype == torch.bfloat16 else "fp32"
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.device_type}: {dtype}{layout}{', compiled' if self.compile else ''}"
+
+
+def full_precision(device: torch.device | str) -> Precision:
+    """fp32, contiguous: the exact path (tests, callers without a run)."""
+    return Precision(torch.device(device).type)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 natively (CUDA GPUs since Ampere; CPUs with AVX512-BF16 or
+    AMX). On an AVX2-only CPU bf16 autocast is emulated: measured 7-12x slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def precision_policy(
+    device: torch.device, amp: bool | None = None, channels_last: bool = True, compile: bool = False
+) -> Precision:
+    """The policy of a run on `device`: `amp` None (auto) = bf16 autocast where the device runs
+    bf16 natively, True = bf16 autocast on any device, False = fp32."""
+    use_bf16 = native_bf16(device) if amp is None else amp
+    return Precision(device.type, torch.bfloat16 if use_bf16 else None, channels_last, compile)
+
+
+def run_precision(config: Any, device: torch.device) -> Precision:
+    """A TrainConfig's policy (its `amp`, `channels_last` and `compile` keys) on `device`."""
+    return precision_policy(device, config.amp, config.channels_last, config.compile)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Process-wide CUDA flags of the policy: TF32 matmuls and convolutions (bf16 autocast
+    covers the networks; TF32 speeds what runs in fp32, k-means included) and cuDNN autotune."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -7,7 +7,6 @@ every few epochs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, to_float
+from interlab.devices import Precision, full_precision
 
 # Defaults for callers without an augmentation config; callers that have one pass its
 # mean/std so evaluation sees images normalised exactly like training did.
@@ -34,21 +34,27 @@ def extract_features(
     std: Sequence[float] = DEFAULT_STD,
     device: torch.device | str | None = None,
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> Tensor:
     """L2-normalised float32 features (N, D) of uint8 NHWC `images`, computed on `device`.
 
     `device` defaults to the backbone's; the backbone must already live there (moving it
     would silently change the caller's model). The backbone runs in eval mode and every
-    submodule gets its previous train/eval mode back afterwards.
+    submodule gets its previous train/eval mode back afterwards. `precision` is the run's
+    policy (autocast, memory format), so features are computed as the network trained;
+    None = fp32.
     """
     _check_uint8_images(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _compute_device(backbone, device)
+    precision = precision or full_precision(device)
     modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
     try:
-        return _features_in_batches(backbone, images, batch_size, mean, std, device, progress)
+        return _features_in_batches(
+            backbone, images, batch_size, mean, std, device, precision, progress
+        )
     finally:
         for module, training in modes:
             module.training = training
@@ -61,10 +67,10 @@ def _features_in_batches(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
+    precision: Precision,
     progress: bool = True,
 ) -> Tensor:
     """Fill a preallocated (N, D) tensor batch by batch (no N-sized concatenation copy)."""
-    on_cuda = device.type == "cuda"
     features: Tensor | None = None
     count = images.shape[0]
     for start in tqdm(
@@ -73,15 +79,8 @@ def _features_in_batches(
         batch = to_float(
             images[start : start + batch_size].to(device, non_blocking=True), mean, std
         )
-        if on_cuda:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-            if on_cuda
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            output = backbone(batch)
+        with precision.autocast():
+            output = backbone(precision.images(batch))
         output = F.normalize(output.float().flatten(1), dim=1)
         if features is None:
             features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
@@ -250,6 +249,7 @@ def knn_figures(
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
     device: torch.device | str | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """kNN top-1 of each named network's features: `knn_top1<name>` under (k, temperature).
 
@@ -260,12 +260,13 @@ def knn_figures(
     """
     figures: dict[str, float] = {}
     for position, (suffix, network) in enumerate(networks.items()):
-        memory = extract_features(
-            network, memory_images, mean=mean, std=std, device=device, progress=False
-        )
-        test = extract_features(
-            network, test_images, mean=mean, std=std, device=device, progress=False
-        )
+        memory, test = (
+            extract_features(
+                network, images, mean=mean, std=std, device=device, progress=False,
+                precision=precision,
+            )
+            for images in (memory_images, test_images)
+        )  # fmt: skip
         runs = [(f"knn_top1{suffix}", k, temperature)]
         if position == 0:
             runs += [(protocol_key(pk, pt), pk, pt) for pk, pt in protocols]
@@ -387,12 +388,15 @@ def evaluate_backbone(
     device: torch.device | str | None = None,
     mean: Sequence[float] = DEFAULT_MEAN,
     std: Sequence[float] = DEFAULT_STD,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
     """Extract features once, then report {"knn_top1", "linear_top1"} (those requested)."""
     if not (knn or linear):
         raise ValueError("knn and linear are both False; expected at least one evaluation")
-    train = extract_features(backbone, train_images, batch_size, mean, std, device)
-    test = extract_features(backbone, test_images, batch_size, mean, std, device)
+    train, test = (
+        extract_features(backbone, images, batch_size, mean, std, device, precision=precision)
+        for images in (train_images, test_images)
+    )
     scores: dict[str, float] = {}
     if knn:
         scores["knn_top1"] = knn_top1(

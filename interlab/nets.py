@@ -88,6 +88,20 @@ def build_backbone(name: str, cifar_stem: bool = False) -> nn.Module:
     return model
 
 
+def stage_modules(backbone: nn.Module) -> list[nn.Module]:
+    """The modules `stage_maps` calls one by one: a ResNet's stem conv and BN and layer1-4, a
+    ConvNet's stages."""
+    if isinstance(backbone, ConvNet):
+        return list(backbone.features)
+    if all(hasattr(backbone, f"layer{i}") for i in range(1, 5)):
+        return [
+            backbone.conv1,
+            backbone.bn1,
+            *(getattr(backbone, f"layer{i}") for i in range(1, 5)),
+        ]
+    raise ValueError(f"stage_modules supports ResNets and ConvNet, not {type(backbone).__name__}")
+
+
 def stage_maps(backbone: nn.Module, images: Tensor, layers: Sequence[int]) -> dict[int, Tensor]:
     """Feature maps (B, C, H, W) after the given stages, numbered 1-4 like ResNet's layer1-4.
 

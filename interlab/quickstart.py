@@ -15,7 +15,7 @@ import torch
 
 from interlab.config import TrainConfig, build_config
 from interlab.data import load_dataset
-from interlab.devices import device_name, resolve_device
+from interlab.devices import device_name, resolve_device, run_precision
 from interlab.evaluate import extract_features, knn_top1
 from interlab.methods import build_method
 from interlab.train import TrainResult, train
@@ -84,13 +84,16 @@ def untrained_knn(config: TrainConfig) -> float:
     method = build_method(config, config.augment_config(train_set.image_size), len(train_set)).to(
         device
     )
+    precision = run_precision(config, device)  # features computed as the trained run's
+    method = precision.prepare(method)
     aug = method.augment.config
-    memory = extract_features(
-        method.backbone, train_set.images, mean=aug.mean, std=aug.std, device=device
-    )
-    test = extract_features(
-        method.backbone, test_set.images, mean=aug.mean, std=aug.std, device=device
-    )
+    memory, test = (
+        extract_features(
+            method.backbone, s.images, mean=aug.mean, std=aug.std, device=device,
+            precision=precision,
+        )
+        for s in (train_set, test_set)
+    )  # fmt: skip
     k = min(config.knn_k, len(memory))
     return knn_top1(
         memory,

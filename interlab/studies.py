@@ -107,7 +107,14 @@ def trained_run(sweep_dir: str | Path, *settings: str) -> Path:
 def query_embeddings(method: Any, images: torch.Tensor) -> torch.Tensor:
     """Projection embeddings of un-augmented images, as the bank's features are compared."""
     aug = method.augment.config
-    return extract_features(method.encoder, images, mean=aug.mean, std=aug.std, progress=False)
+    return extract_features(
+        method.encoder,
+        images,
+        mean=aug.mean,
+        std=aug.std,
+        progress=False,
+        precision=method.precision,
+    )
 
 
 def draw_negatives(

@@ -23,10 +23,15 @@ from tqdm.auto import tqdm
 from interlab import distributed as dist_utils
 from interlab.config import TrainConfig, config_from_dict
 from interlab.data import ImageSet, load_dataset
-from interlab.devices import resolve_auto_backbone, resolve_device
+from interlab.devices import (
+    configure_backends,
+    resolve_auto_backbone,
+    resolve_device,
+    run_precision,
+)
 from interlab.evaluate import knn_figures
 from interlab.methods import build_method
-from interlab.methods.base import Encoder, Method
+from interlab.methods.base import Method
 from interlab.optim import build_optimizer, cosine_lr, set_lr
 from interlab.snapshots import save_snapshot
 
@@ -82,9 +87,8 @@ class Trainer:
         dist_utils.init_from_environment(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        configure_backends(self.device)
+        self.precision = run_precision(config, self.device)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.out = Path(config.out)
         self.progress = progress and dist_utils.is_main_process()
@@ -122,12 +126,10 @@ class Trainer:
         method = build_method(self.config, augment, len(self.train_set)).to(self.device)
         if self.world > 1 and self.device.type == "cuda":
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        if self.uses_cuda_tricks and self.config.channels_last:
-            method = method.to(memory_format=torch.channels_last)
-        if self.config.compile:
-            for module in method.modules():
-                if isinstance(module, Encoder):
-                    module.compile()
+        method = self.precision.prepare(method)
+        method.precision = self.precision
+        if self.precision.compile:
+            method.compile_networks()
         return method
 
     def _wrap_distributed(self, method: Method) -> nn.Module:
@@ -138,14 +140,9 @@ class Trainer:
             method, device_ids=device_ids, broadcast_buffers=False
         )
 
-    @property
-    def uses_cuda_tricks(self) -> bool:
-        return self.device.type == "cuda"
-
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.uses_cuda_tricks and self.config.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The forward passes' autocast region under the run's precision policy."""
+        return self.precision.autocast()
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -204,9 +201,7 @@ class Trainer:
         return order[self.rank :: self.world]
 
     def train_step(self, indices: Tensor) -> dict[str, Tensor]:
-        views = self.method.views_for(self.train_set, indices)
-        if self.uses_cuda_tricks and self.config.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        views = [self.precision.images(v) for v in self.method.views_for(self.train_set, indices)]
         set_lr(self.optimizer, self.current_lr())
         with self.autocast():
             outputs = self.model(views, indices)
@@ -281,6 +276,7 @@ class Trainer:
             mean=aug.mean,
             std=aug.std,
             device=self.device,
+            precision=self.precision,
         )
 
     def should_evaluate(self) -> bool:
@@ -408,5 +404,7 @@ def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[TrainCon
     augment = config.augment_config(state["image_size"])
     method = build_method(config, augment, state.get("num_samples", 0)).to(target)
     method.load_state_dict(state["method"])
+    method.precision = run_precision(config, target)
+    method = method.precision.prepare(method)
     method.eval()
     return config, method

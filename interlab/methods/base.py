@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from interlab.augment import Augment, AugmentConfig
 from interlab.config import TrainConfig
 from interlab.data import ImageSet
+from interlab.devices import Precision, full_precision
 from interlab.nets import MLPHead, build_backbone
 
 
@@ -82,6 +83,7 @@ class Method(nn.Module):
         self.options = options
         self.augment = Augment(augment)
         self.generator: torch.Generator | None = None  # set by the trainer, checkpointed there
+        self.precision: Precision = full_precision("cpu")  # the trainer sets the run's policy
 
     @property
     def backbone(self) -> nn.Module:
@@ -97,6 +99,16 @@ class Method(nn.Module):
         None for a method without such a head.
         """
         return None
+
+    def networks_to_compile(self) -> list[nn.Module]:
+        """The modules whose forward a training step calls, each compiled on its own by
+        `compile=true` (a module called through its parts would skip its compiled forward)."""
+        raise NotImplementedError
+
+    def compile_networks(self) -> None:
+        """torch.compile every network a step calls, in place (`nn.Module.compile`)."""
+        for module in self.networks_to_compile():
+            module.compile()
 
     def make_views(self, images: Tensor) -> list[Tensor]:
         """Two independently augmented views of each image (uint8 NHWC in, float NCHW out)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from interlab.augment import AugmentConfig
 from interlab.config import TrainConfig
@@ -137,6 +137,12 @@ class CycleContrast(MoCo):
         self.register_buffer("cycle_ptr", torch.zeros((), dtype=torch.long))
         self.video_index: VideoIndex | None = None
         self.item_labels: Tensor | None = None
+
+    def networks_to_compile(self) -> list[nn.Module]:
+        """Backbones and heads: the step runs one backbone pass and feeds it to two heads."""
+        modules = [self.encoder.backbone, self.encoder.head]
+        modules += [self.key_encoder.backbone, self.key_encoder.head]
+        return modules + [h for h in (self.cycle_head, self.key_cycle_head) if h is not None]
 
     # ---- data ---------------------------------------------------------------------------
     def on_fit_start(self, train_set: ImageSet) -> None:

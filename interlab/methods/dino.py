@@ -144,6 +144,9 @@ class DINO(Method):
         """The teacher's backbone and head up to its L2-normalised bottleneck."""
         return HeadEmbedding(self.teacher["backbone"], self.teacher["head"])
 
+    def networks_to_compile(self) -> list[nn.Module]:
+        return [net[part] for net in (self.student, self.teacher) for part in ("backbone", "head")]
+
     def make_views(self, images: Tensor) -> list[Tensor]:
         """2 global crops at the data size, then `n_local` local crops at `local_size`."""
         o = self.options

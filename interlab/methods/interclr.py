@@ -189,7 +189,12 @@ class InterCLR(MoCo):
         """Projection-head embeddings (L2-normalised) of every un-augmented training image."""
         aug = self.augment.config
         return extract_features(
-            self.encoder, self.train_images, mean=aug.mean, std=aug.std, progress=False
+            self.encoder,
+            self.train_images,
+            mean=aug.mean,
+            std=aug.std,
+            progress=False,
+            precision=self.precision,
         )
 
     def cluster_training_set(self, seed: int) -> tuple[Tensor, Tensor]:

@@ -93,6 +93,9 @@ class MoCo(Method):
     def embedder(self) -> torch.nn.Module:
         return self.encoder
 
+    def networks_to_compile(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.key_encoder]
+
     @torch.no_grad()
     def keys(self, images: Tensor) -> Tensor:
         """Key embeddings; on one device the batch is shuffled so split-BN groups differ from the query's."""

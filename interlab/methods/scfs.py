@@ -41,7 +41,7 @@ from interlab.distill import (
     soft_cross_entropy,
 )
 from interlab.methods.dino import DINO, N_GLOBAL, DINOOptions, NetworkPass
-from interlab.nets import stage_maps
+from interlab.nets import stage_maps, stage_modules
 
 TARGETS = ("dino", "byol")
 LAST_STAGE = 4  # the stage whose pooled map is the backbone's feature vector
@@ -119,6 +119,17 @@ class SCFS(DINO):
                 }
             )
         return student
+
+    def networks_to_compile(self) -> list[nn.Module]:
+        """With per-layer heads the step walks the backbones stage by stage (`stage_maps`),
+        so the stages are compiled rather than the backbones' whole forward."""
+        if not self.options.per_layer_heads:
+            return super().networks_to_compile()
+        modules: list[nn.Module] = []
+        for net in (self.student, self.teacher):
+            modules += stage_modules(net["backbone"])
+            modules += [net["head"], *net["shallow"].values()]
+        return modules
 
     def layer_channels(self, backbone: nn.Module) -> dict[int, int]:
         """Channels of each searched layer; refuses maps under 2x2 for the local crops."""

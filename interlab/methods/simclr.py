@@ -45,6 +45,9 @@ class SimCLR(Method):
     def embedder(self) -> torch.nn.Module:
         return self.encoder
 
+    def networks_to_compile(self) -> list[torch.nn.Module]:
+        return [self.encoder]
+
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         z1 = gather_cat_with_grad(self.encoder(views[0]))
         z2 = gather_cat_with_grad(self.encoder(views[1]))

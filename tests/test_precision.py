@@ -1,0 +1,142 @@
+"""The precision policy: one decision for training, evaluation and probes; fp32 where it must be.
+
+`amp` None picks bf16 autocast only where the device runs it natively; `amp=true` forces it
+(on this project's AVX2 CPUs too, where it is emulated and slow, but the code path is the
+GPU's), `amp=false` is the exact fp32 path. Sections that must not round (InterCLR's bank
+similarities and MarginNCE, DINO's prototype scores, every loss's softmax) stay fp32 inside.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from interlab.config import build_config
+from interlab.devices import full_precision, native_bf16, precision_policy
+from interlab.methods import METHOD_NAMES
+from interlab.train import Trainer
+
+SMALL_HEADS = {"out_dim": 256, "head_hidden": 128, "head_bottleneck": 64, "n_local": 2}
+
+
+def small_config(method: str, data: str, out, **keys):
+    """A 2-step CPU run of `method` on 512 images with bf16 autocast and channels_last forced."""
+    base = {
+        "method": method, "data": data, "device": "cpu", "backbone": "convnet",
+        "epochs": 1, "batch_size": 32, "max_steps_per_epoch": 2, "knn_k": 20,
+        "amp": True, "channels_last": True, "out": str(out),
+    }  # fmt: skip
+    if method in ("dino", "scfs"):
+        base.update(SMALL_HEADS)
+    return build_config({**base, **keys})
+
+
+def test_policy_follows_the_switches():
+    cpu = torch.device("cpu")
+    assert precision_policy(cpu, amp=True).dtype == torch.bfloat16  # amp=true: bf16 on a CPU
+    assert precision_policy(cpu, amp=False).dtype is None
+    assert precision_policy(cpu, amp=None).dtype == (torch.bfloat16 if native_bf16(cpu) else None)
+    assert precision_policy(cpu, channels_last=True).channels_last
+    exact = full_precision(cpu)
+    assert exact.dtype is None and not exact.channels_last
+    x = torch.randn(2, 3, 8, 8)
+    assert precision_policy(cpu).images(x).is_contiguous(memory_format=torch.channels_last)
+    with precision_policy(cpu, amp=True).autocast():
+        assert torch.is_autocast_enabled("cpu")
+    with exact.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def fp32_section_probes(method, seen: dict) -> list:
+    """Hooks recording what runs in bf16 (the backbone) and what must stay fp32."""
+    handles = []
+    conv = next(m for m in method.backbone.modules() if isinstance(m, nn.Conv2d))
+
+    def on_conv(_module, inputs, output):
+        seen.setdefault("conv_in_channels_last", []).append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last)
+        )
+        seen.setdefault("conv_out", []).append(output.dtype)
+
+    handles.append(conv.register_forward_hook(on_conv))
+    if method.name in ("dino", "scfs"):
+        head = method.student["head"]
+        handles.append(
+            head.register_forward_hook(
+                lambda _m, _i, out: seen.setdefault("prototypes", []).append(out.dtype)
+            )
+        )
+    if method.name == "interclr":
+        inner = method._inter_contrast_fp32
+
+        def recorded(query, indices):
+            seen.setdefault("inter_query", []).append(query.dtype)
+            seen.setdefault("inter_autocast", []).append(torch.is_autocast_enabled("cpu"))
+            loss, rate = inner(query, indices)
+            seen.setdefault("inter_loss", []).append(loss.dtype)
+            return loss, rate
+
+        method._inter_contrast_fp32 = recorded
+    return handles
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_trains_under_bf16_autocast_and_channels_last(method, tmp_path, mixed_npz):
+    trainer = Trainer(small_config(method, f"npz:{mixed_npz}", tmp_path), progress=False)
+    assert trainer.method.precision.dtype == torch.bfloat16
+    seen: dict = {}
+    fp32_section_probes(trainer.method, seen)
+    losses = []
+    step = trainer.train_step
+
+    def recording_step(indices):
+        outputs = step(indices)
+        losses.append(outputs["loss"])
+        return outputs
+
+    trainer.train_step = recording_step
+    result = trainer.fit()
+    assert set(seen["conv_out"]) == {torch.bfloat16}  # the networks ran under autocast
+    assert all(seen["conv_in_channels_last"])
+    assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)
+    if method in ("dino", "scfs"):  # prototype scores (and so the targets) in fp32
+        assert set(seen["prototypes"]) == {torch.float32}
+    if method == "interclr":  # bank ranks, sampling and MarginNCE outside autocast
+        assert set(seen["inter_query"]) == {torch.float32}
+        assert not any(seen["inter_autocast"])
+        assert set(seen["inter_loss"]) == {torch.float32}
+    assert 0 <= result.final["knn_top1"] <= 1  # evaluated under the same policy
+
+
+# ---- compile=true compiles what every method calls -------------------------------------------------
+
+
+def one_step_loss(config) -> tuple[float, Trainer]:
+    trainer = Trainer(config, progress=False)
+    trainer.start_method()
+    trainer.model.train()
+    indices = torch.arange(config.batch_size) * 3
+    return trainer.train_step(indices)["loss"].item(), trainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_compile_compiles_every_network_a_step_calls(method, tmp_path, mixed_npz):
+    """Dynamo captures graphs for every method (CycleContrast, DINO and SCFS call their
+    networks piece by piece, so compiling a wrapper would compile nothing), and one compiled
+    step's loss equals eager's within 1e-4 (relative; fp32, inductor reorders sums)."""
+    from torch._dynamo.utils import counters
+
+    data = f"npz:{mixed_npz}"
+    keys = {"amp": False, "channels_last": False}
+    eager, _ = one_step_loss(small_config(method, data, tmp_path / "eager", **keys))
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, trainer = one_step_loss(
+        small_config(method, data, tmp_path / "compiled", compile=True, **keys)
+    )
+    modules = trainer.method.networks_to_compile()
+    assert modules and all(m._compiled_call_impl is not None for m in modules)
+    assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
+    assert compiled == pytest.approx(eager, rel=1e-4)
