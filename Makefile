@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-all test-browser lab lint format clean
+.PHONY: venv demo test test-slow test-all test-gpu test-browser lab lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,19 @@ demo: venv
 test: venv
 	$(PY) -m pytest
 
+# The tests marked slow only (learning runs, notebooks, torch.compile); CI runs them after `test`.
+test-slow: venv
+	$(PY) -m pytest -m slow
+
+# Everything CI runs but the browser test: the fast suite plus the tests marked slow.
 test-all: venv
-	$(PY) -m pytest -m "not gpu"
+	$(PY) -m pytest -m "not gpu and not browser"
+
+# The tests marked gpu (skipped without CUDA): the first thing to run on a GPU. On a lent GPU
+# machine without the venv: make test-gpu PY=python3
+GPU_TESTS := tests/test_gpu.py tests/test_augment.py tests/test_data.py
+test-gpu: $(if $(filter $(VENV)/%,$(PY)),venv)
+	$(PY) -m pytest -m gpu -p no:cacheprovider $(GPU_TESTS)
 
 # JupyterLab + Debian's Chromium (apt-get install chromium), driven by Playwright; screenshots
 # in tests/artifacts/browser/ (or $$INTERLAB_ARTIFACTS/browser/).

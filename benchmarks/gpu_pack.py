@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # `python3` on the lent machine is the interpreter running the pack; locally (tests) it is the venv's.
 PYTHON = sys.executable or "python3"
 RECORDS_NAME = "gpu.jsonl"
+# The files holding tests marked gpu (`make test-gpu`); none imports papermill or widgets.
+GPU_TEST_FILES = ["tests/test_gpu.py", "tests/test_augment.py", "tests/test_data.py"]
 RUNS = ROOT / "benchmarks" / "out" / "gpu_pack"  # git-ignored: run folders that slices resume
 BEGIN = "<!-- gpu-pack:begin -->"
 END = "<!-- gpu-pack:end -->"
@@ -413,7 +415,7 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
     """The GPU queue, most valuable first; only modules the lent machine has (no papermill)."""
     on_data = ["--data", data, "--device", "cuda"]
     tests = [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"]
-    tests.append("tests/test_gpu.py")
+    tests += GPU_TEST_FILES
     augment = [PYTHON, "benchmarks/augment_speed.py", "--device", "cuda", "--batch", "512"]
     augment += ["--iters", "200"]
     methods = ["moco", "interclr", "cyclecontrast", "dino", "scfs"]
