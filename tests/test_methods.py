@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +8,7 @@ import interlab.methods.moco as moco_module
 from interlab import nets
 from interlab.augment import AugmentConfig
 from interlab.config import build_config
-from interlab.losses import info_nce, nt_xent
+from interlab.losses import info_nce
 from interlab.methods import build_method
 from interlab.train import train
 from tests.conftest import cpu_config
@@ -80,13 +82,36 @@ def test_queue_smaller_than_a_step_is_rejected():
         make("moco", queue_size=8, symmetric=True)
 
 
-def test_simclr_loss_is_nt_xent_of_its_embeddings():
+# Two images, two views each, as unit vectors with simple cosines between them.
+VIEW1 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]  # image a, image b
+VIEW2 = [[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]]
+
+
+def nt_xent_by_hand(view1, view2, temperature):
+    """Each of the 4 views must pick its partner among the 3 others: mean of -log softmax."""
+    views = view1 + view2
+    partner = {0: 2, 1: 3, 2: 0, 3: 1}
+    losses = []
+    for i, anchor in enumerate(views):
+        scores = {
+            j: math.exp(sum(x * y for x, y in zip(anchor, other, strict=True)) / temperature)
+            for j, other in enumerate(views)
+            if j != i
+        }
+        losses.append(-math.log(scores[partner[i]] / sum(scores.values())))
+    return sum(losses) / len(losses)
+
+
+def test_simclr_loss_is_nt_xent_by_hand_on_fixed_embeddings():
+    """The encoder is swapped for the identity, so the views are the embeddings."""
     simclr = make("simclr")
-    simclr.eval()
-    v1, v2 = views()
-    loss = simclr([v1, v2], torch.arange(8))["loss"]
-    expected = nt_xent(simclr.encoder(v1), simclr.encoder(v2), 0.5)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    simclr.encoder = torch.nn.Identity()
+    loss = simclr([torch.tensor(VIEW1), torch.tensor(VIEW2)], torch.arange(2))["loss"]
+    expected = nt_xent_by_hand(VIEW1, VIEW2, 0.5)  # SimCLR's default temperature
+    # Per anchor (a1, b1, a2, b2): 0.4715, 1.0271, 1.1874, 0.7361, worked out on paper.
+    assert expected == pytest.approx(0.8555, abs=1e-4)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert simclr.options.temperature == 0.5
 
 
 def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
