@@ -1,4 +1,5 @@
-"""Two CPU ranks with the gloo backend: DDP keeps weights and the MoCo queue identical."""
+"""Two CPU ranks with the gloo backend: DDP keeps weights and the MoCo queue identical, and a
+sliced two-rank run resumes to the uninterrupted run's state."""
 
 import os
 import socket
@@ -6,7 +7,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import cpu_config
+from tests.conftest import assert_same_state, cpu_config
 
 
 def free_port() -> int:
@@ -67,3 +68,38 @@ def test_two_ranks_keep_weights_and_queue_identical(tmp_path, tiny_npz):
     orders = torch.cat([rank0["order"], rank1["order"]])
     assert len(rank0["order"]) == len(rank1["order"]) == 128
     assert torch.equal(orders.sort().values, torch.arange(256))
+
+
+# ---- resume: a sliced two-rank run reaches the uninterrupted one's state ---------------------
+
+
+def resume_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+    set_rank_environment(rank, world, port)
+    from interlab.train import Trainer
+
+    def config(name):
+        return cpu_config(
+            os.path.join(out, name), data, epochs=2, batch_size=32, eval_every=0,
+            checkpoint_every=1, queue_size=384, amp=False, channels_last=False,
+        )  # fmt: skip
+
+    whole = Trainer(config("whole"), progress=False).fit(resume=False)
+    Trainer(config("sliced"), progress=False).fit(resume=False, stop_after_epochs=1)
+    # One process per rank lives on here (torchrun would start new ones): wait for rank 0's
+    # checkpoint before the resume reads it.
+    torch.distributed.barrier()
+    resumed = Trainer(config("sliced"), progress=False).fit(resume=True)
+    states = {
+        name: {k: v.detach().clone() for k, v in result.method.state_dict().items()}
+        for name, result in (("whole", whole), ("resumed", resumed))
+    }
+    torch.save(states, os.path.join(out, f"resume{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_rank_run_sliced_and_resumed_reaches_the_uninterrupted_state(tmp_path, tiny_npz):
+    """Both ranks' augmentation streams must continue where they stopped: rank 1's draws feed
+    the averaged gradients as much as rank 0's."""
+    rank0, rank1 = spawn_two_ranks(resume_rank, str(tmp_path / "ddp"), f"npz:{tiny_npz}", "resume")
+    for rank in (rank0, rank1):
+        assert_same_state(rank["whole"], rank["resumed"], exact=("queue_ptr",))
