@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from interlab.augment import AugmentConfig
 from interlab.config import build_config
 from interlab.losses import info_nce
 from interlab.methods import build_method
+from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import train
 from tests.conftest import cpu_config
 
@@ -143,3 +145,15 @@ def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
     assert not torch.allclose(key_bn.running_mean, query_bn.running_mean)  # its own passes
     copied_key_bn = next(m for m in b.key_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.equal(copied_key_bn.running_mean, query_bn.running_mean)  # the old copy
+
+
+@pytest.mark.slow
+def test_short_simclr_run_beats_the_untrained_network(tmp_path):
+    """The quickstart's CPU set-up with SimCLR's own defaults (2048-wide BN head, t 0.5)."""
+    config = quickstart_config("simclr", device="cpu", epochs=2, out_dir=str(tmp_path))
+    before = untrained_knn(config)
+    after = train(config, progress=False).final["knn_top1"]
+    print(json.dumps({"untrained": before, "trained": after}))
+    # Measured: 0.297 -> 0.370 (+7.3 points) in 2 epochs, 12 s on 2 idle cores (56 s when
+    # shared); assert a safe part of it.
+    assert after > before + 0.04

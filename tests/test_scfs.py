@@ -1,5 +1,6 @@
 """SCFS on CPU: search weights by hand, the all-ones ablation, the ladder, checks, resume, CLI."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -11,10 +12,12 @@ from interlab.cli import main
 from interlab.config import build_config
 from interlab.data import write_npz
 from interlab.distill import search_weights
+from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.search_maps import plot_search_maps
 from interlab.sweep import load_sweep
 from interlab.train import Trainer, read_metrics
 from tests.conftest import assert_same_state
+from tests.test_dino import LEARNS_ON_A_CPU
 from tests.test_dino import SMALL as DINO_SMALL
 from tests.test_dino import make as make_small
 
@@ -286,6 +289,20 @@ def test_cli_trains_scfs_and_rejects_an_unknown_option(tmp_path, small_npz, caps
     assert "search: false" in saved and "- 3" in saved
     assert main([*args[:-2], "--set", "serach=false"]) == 2
     assert "unknown key 'serach' for method 'scfs'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_scfs_epoch_beats_the_untrained_network(tmp_path):
+    """DINO's CPU settings plus the per-layer heads and the search on layers 2-4."""
+    config = quickstart_config(
+        "scfs", device="cpu", epochs=1, out_dir=str(tmp_path), overrides=LEARNS_ON_A_CPU
+    )
+    before = untrained_knn(config)
+    after = Trainer(config, progress=False).fit(resume=False).final["knn_top1"]
+    print(json.dumps({"untrained": before, "trained": after}))
+    # Measured: 0.297 -> 0.355 (+5.8 points) in 1 epoch, 20 s on 2 idle cores (230 s when
+    # shared); assert a safe part of it.
+    assert after > before + 0.03
 
 
 # ---- visualisation, sweep, notebook ------------------------------------------------------------------
