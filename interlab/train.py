@@ -149,7 +149,9 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.out / CHECKPOINT_NAME
 
-    def state(self) -> dict[str, Any]:
+    def state(self, augment_per_rank: Tensor | None = None) -> dict[str, Any]:
+        """What a checkpoint holds; `augment_per_rank` is every rank's augmentation-generator
+        state (see `gather_augment_states`), so each rank resumes its own stream."""
         return {
             "config": self.config.to_dict(),
             "image_size": self.train_set.image_size,
@@ -163,14 +165,22 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "order": self.order_generator.get_state(),
                 "augment": self.aug_generator.get_state(),
+                "augment_per_rank": augment_per_rank,
             },
         }
 
+    def gather_augment_states(self) -> Tensor:
+        """(world, state size) uint8: every rank's augmentation-generator state, in rank order."""
+        state = self.aug_generator.get_state().unsqueeze(0)
+        return dist_utils.gather_cat(state.to(self.device)).cpu()
+
     def save_checkpoint(self) -> None:
+        """Called by every rank at the same point (the gather is collective); rank 0 writes."""
+        augment_per_rank = self.gather_augment_states()
         if not dist_utils.is_main_process():
             return
         tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
+        torch.save(self.state(augment_per_rank), tmp)
         os.replace(tmp, self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
 
     def load_checkpoint(self, path: Path) -> None:
@@ -183,13 +193,19 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         self.order_generator.set_state(rng["order"].cpu())
-        # Each rank's augmentation stream continues from where it stopped (rank 0's is saved;
-        # other ranks re-derive theirs so they stay distinct).
-        self.aug_generator.set_state(rng["augment"].cpu())
-        if self.rank:
-            self.aug_generator.manual_seed(
-                self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
-            )
+        # Each rank's augmentation stream continues from where it stopped. Checkpoints without
+        # every rank's state (older ones, or another number of ranks) give rank 0's stream
+        # back and re-derive the others' so they stay distinct.
+        per_rank = rng.get("augment_per_rank")
+        if per_rank is not None and len(per_rank) == self.world:
+            # A copy of its own: set_state on a row view of the stacked states crashes.
+            self.aug_generator.set_state(per_rank[self.rank].cpu().clone())
+        else:
+            self.aug_generator.set_state(rng["augment"].cpu())
+            if self.rank:
+                self.aug_generator.manual_seed(
+                    self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
+                )
         self.metrics = [m for m in read_metrics(self.out) if m["epoch"] <= self.epoch]
 
     # ---- the loop -----------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""k-means backends against scikit-learn and each other; cluster scores against scikit-learn."""
+"""k-means backends against scikit-learn and each other; cluster scores against scikit-learn.
+
+Only the tests that need faiss skip without it: the torch k-means and the scores always run.
+"""
 
 import numpy as np
 import pytest
@@ -8,9 +11,9 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from interlab import cluster
-from interlab.cluster import ari, cluster_scores, kmeans, nmi, purity
+from interlab.cluster import ari, cluster_scores, faiss_available, kmeans, nmi, purity
 
-faiss = pytest.importorskip("faiss")
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +24,7 @@ def blobs():
     return torch.from_numpy(points).float(), truth
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("faiss", marks=needs_faiss)])
 def test_backends_recover_separated_blobs_like_sklearn(blobs, backend):
     points, truth = blobs
     result = kmeans(points, 8, iterations=30, seed=0, backend=backend)
@@ -33,6 +36,7 @@ def test_backends_recover_separated_blobs_like_sklearn(blobs, backend):
     assert torch.bincount(result.labels, minlength=8).min() > 0
 
 
+@needs_faiss
 def test_torch_and_faiss_agree(blobs):
     points, _ = blobs
     by_torch = kmeans(points, 8, seed=1, backend="torch").labels
@@ -55,8 +59,11 @@ def test_torch_kmeans_never_leaves_a_cluster_empty():
     assert torch.bincount(result.labels, minlength=12).min() >= 1
 
 
+@needs_faiss
 def test_faiss_uses_every_point(monkeypatch, blobs):
     """faiss subsamples to max_points_per_centroid * k unless told otherwise."""
+    import faiss
+
     seen = {}
     original = faiss.Kmeans
 
@@ -70,8 +77,19 @@ def test_faiss_uses_every_point(monkeypatch, blobs):
     assert seen["max_points_per_centroid"] * seen["k"] >= len(points)
 
 
+@needs_faiss
 def test_auto_backend_prefers_faiss_on_cpu(blobs):
     assert kmeans(blobs[0], 8, backend="auto").backend == "faiss"
+
+
+def test_without_faiss_auto_falls_back_to_torch_and_faiss_is_refused(monkeypatch, blobs):
+    monkeypatch.setattr(cluster, "faiss_available", lambda: False)
+    points, _ = blobs
+    result = kmeans(points, 8, seed=2, backend="auto")
+    assert result.backend == "torch"
+    assert torch.equal(result.labels, kmeans(points, 8, seed=2, backend="torch").labels)
+    with pytest.raises(ValueError, match="faiss is not installed"):
+        kmeans(points, 8, backend="faiss")
 
 
 def test_bad_inputs_are_named():

@@ -2,9 +2,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torchvision
+from torch import nn
 
-from interlab.config import build_config, load_named_config, parse_assignment
-from interlab.methods import METHOD_NAMES
+from interlab.config import CONFIG_DIR, build_config, load_named_config, parse_assignment
+from interlab.methods import METHOD_NAMES, build_method
 from interlab.methods.interclr import InterCLROptions
 from interlab.sweep import load_sweep
 
@@ -130,3 +132,78 @@ def test_knn_protocols_are_pairs_of_k_and_temperature():
         build_config({"method": "moco", "knn_protocols": [[0, 0.1]]})
     with pytest.raises(ValueError, match="knn_protocols: expected 2 values"):
         build_config({"method": "moco", "knn_protocols": [[20]]})
+
+
+# ---- every shipped config builds into the method it describes ----------------------------------
+
+CIFAR10_TRAIN_SIZE = 50_000
+# torchvision's ResNet-18 without its fc (11,176,512 parameters) with the 7x7 stem conv
+# (9,408) swapped for the cifar stem's 3x3 (1,728).
+RESNET18_CIFAR_STEM_PARAMETERS = 11_176_512 - 9_408 + 1_728
+# The sizes each config resolves to at CIFAR-10's size, as recorded in config.method_options.
+RESOLVED_SIZES = {
+    "moco_cifar10": {"queue_size": 4096},
+    "interclr_cifar10": {
+        "queue_size": 4096,
+        "num_clusters": 100,
+        "num_negatives": 650,  # 1.3% of 50,000
+        "pool": 15_000,  # pool_share 0.3 of 50,000
+    },
+    "cyclecontrast_cifar10": {"queue_size": 4096, "cycle_queue_size": 8192, "support_size": 2048},
+    "dino_cifar10": {},
+    "scfs_cifar10": {},
+}
+
+
+def test_every_shipped_config_is_checked_below():
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(RESOLVED_SIZES)
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVED_SIZES))
+def test_shipped_config_builds_its_method_at_cifar10_size(name):
+    """Nothing runs forward: the sizes, buffers and backbone are what the config's comments
+    promise for a 50,000-image training set."""
+    config = build_config({**load_named_config(name), "device": "cpu"})
+    method = build_method(config, config.augment_config(32), CIFAR10_TRAIN_SIZE)
+    assert method.name == config.method == name.removesuffix("_cifar10")
+    for key, size in RESOLVED_SIZES[name].items():
+        assert config.method_options[key] == size, key
+
+    backbone = method.backbone
+    assert isinstance(backbone, torchvision.models.ResNet)
+    assert [len(getattr(backbone, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    assert isinstance(backbone.layer1[0], torchvision.models.resnet.BasicBlock)
+    assert backbone.conv1.kernel_size == (3, 3) and backbone.conv1.stride == (1, 1)
+    assert isinstance(backbone.maxpool, nn.Identity) and isinstance(backbone.fc, nn.Identity)
+    assert sum(p.numel() for p in backbone.parameters()) == RESNET18_CIFAR_STEM_PARAMETERS
+
+    if config.method in ("moco", "interclr", "cyclecontrast"):
+        assert tuple(method.queue.shape) == (4096, 128)
+    if config.method in ("moco", "interclr"):  # the recipe's plain 512 -> 128 fc
+        assert [type(m) for m in method.encoder.head.layers] == [nn.Linear]
+    if config.method == "interclr":
+        assert tuple(method.memory.features.shape) == (CIFAR10_TRAIN_SIZE, 128)
+        assert tuple(method.memory.centroids.shape) == (100, 128)
+    if config.method == "cyclecontrast":
+        assert tuple(method.cycle_queue.shape) == (8192, 128)
+        assert method.encoder.head.layers[0].out_features == 512  # MLP head of the width
+        assert method.cycle_head is not None  # separate_head
+    if config.method in ("dino", "scfs"):
+        head = method.student["head"]
+        assert tuple(head.last_layer.weight.shape) == (4096, 256)
+        assert head.mlp[0].out_features == 2048
+        assert tuple(method.center.shape) == (1, 4096)
+        assert method.warmup_epochs == 30  # teacher temperature warm-up, under 30% of 200
+        assert (method.global_augment.scale, method.local_augment.scale) == (
+            (0.3, 1.0),
+            (0.08, 0.3),
+        )
+        assert method.local_augment.size == 16 and method.options.n_local == 6
+    if config.method == "scfs":
+        shallow = method.student["shallow"]
+        assert sorted(shallow) == ["2", "3", "4"]
+        # layer2-4 of the ResNet-18: 128 / 256 / 512 channels, block width min(C / 2, 128)
+        widths = {k: (h.block[0].in_channels, h.block[0].out_channels) for k, h in shallow.items()}
+        assert widths == {"2": (128, 64), "3": (256, 128), "4": (512, 128)}
+        for layer in (2, 3, 4):
+            assert tuple(getattr(method, f"center_layer{layer}").shape) == (1, 256)

@@ -1,6 +1,7 @@
 """NegativeExplorer on a live InterCLR bank: the right negatives per strategy, clear errors."""
 
 import pytest
+import torch
 
 from interlab.explore import NegativeExplorer
 from interlab.studies import query_embeddings
@@ -45,14 +46,20 @@ def test_every_strategy_is_shown_with_false_negative_marks(explorer, mixed_train
     assert "class" in explorer.message.value
 
 
-def test_random_button_moves_the_query(explorer):
-    before = explorer.index.value
-    explorer.pick_random()
-    explorer.pick_random()
-    assert (
-        explorer.current["query"] == explorer.index.value != before
-        or explorer.index.value == before
-    )
+def test_random_button_lands_where_the_seeded_generator_says(explorer):
+    """Each click draws the next index from the explorer's own generator, shows that query,
+    and over a few clicks the query moves (a button that kept or ignored the index fails)."""
+    replay = torch.Generator()
+    replay.set_state(explorer.generator.get_state())
+    shown = []
+    for _ in range(4):
+        expected = int(torch.randint(512, (1,), generator=replay))
+        explorer.random.click()  # as the widget's button would
+        assert explorer.index.value == expected
+        assert explorer.current["query"] == expected
+        assert f"query {expected} " in explorer.message.value
+        shown.append(expected)
+    assert len(set(shown)) > 1
 
 
 def test_out_of_range_index_is_a_message_not_a_traceback(explorer):

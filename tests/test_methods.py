@@ -1,3 +1,6 @@
+import json
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +9,9 @@ import interlab.methods.moco as moco_module
 from interlab import nets
 from interlab.augment import AugmentConfig
 from interlab.config import build_config
-from interlab.losses import info_nce, nt_xent
+from interlab.losses import info_nce
 from interlab.methods import build_method
+from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import train
 from tests.conftest import cpu_config
 
@@ -80,13 +84,36 @@ def test_queue_smaller_than_a_step_is_rejected():
         make("moco", queue_size=8, symmetric=True)
 
 
-def test_simclr_loss_is_nt_xent_of_its_embeddings():
+# Two images, two views each, as unit vectors with simple cosines between them.
+VIEW1 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]  # image a, image b
+VIEW2 = [[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]]
+
+
+def nt_xent_by_hand(view1, view2, temperature):
+    """Each of the 4 views must pick its partner among the 3 others: mean of -log softmax."""
+    views = view1 + view2
+    partner = {0: 2, 1: 3, 2: 0, 3: 1}
+    losses = []
+    for i, anchor in enumerate(views):
+        scores = {
+            j: math.exp(sum(x * y for x, y in zip(anchor, other, strict=True)) / temperature)
+            for j, other in enumerate(views)
+            if j != i
+        }
+        losses.append(-math.log(scores[partner[i]] / sum(scores.values())))
+    return sum(losses) / len(losses)
+
+
+def test_simclr_loss_is_nt_xent_by_hand_on_fixed_embeddings():
+    """The encoder is swapped for the identity, so the views are the embeddings."""
     simclr = make("simclr")
-    simclr.eval()
-    v1, v2 = views()
-    loss = simclr([v1, v2], torch.arange(8))["loss"]
-    expected = nt_xent(simclr.encoder(v1), simclr.encoder(v2), 0.5)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    simclr.encoder = torch.nn.Identity()
+    loss = simclr([torch.tensor(VIEW1), torch.tensor(VIEW2)], torch.arange(2))["loss"]
+    expected = nt_xent_by_hand(VIEW1, VIEW2, 0.5)  # SimCLR's default temperature
+    # Per anchor (a1, b1, a2, b2): 0.4715, 1.0271, 1.1874, 0.7361, worked out on paper.
+    assert expected == pytest.approx(0.8555, abs=1e-4)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert simclr.options.temperature == 0.5
 
 
 def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
@@ -118,3 +145,15 @@ def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
     assert not torch.allclose(key_bn.running_mean, query_bn.running_mean)  # its own passes
     copied_key_bn = next(m for m in b.key_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.equal(copied_key_bn.running_mean, query_bn.running_mean)  # the old copy
+
+
+@pytest.mark.slow
+def test_short_simclr_run_beats_the_untrained_network(tmp_path):
+    """The quickstart's CPU set-up with SimCLR's own defaults (2048-wide BN head, t 0.5)."""
+    config = quickstart_config("simclr", device="cpu", epochs=2, out_dir=str(tmp_path))
+    before = untrained_knn(config)
+    after = train(config, progress=False).final["knn_top1"]
+    print(json.dumps({"untrained": before, "trained": after}))
+    # Measured: 0.297 -> 0.370 (+7.3 points) in 2 epochs, 12 s on 2 idle cores (56 s when
+    # shared); assert a safe part of it.
+    assert after > before + 0.04

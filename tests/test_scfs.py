@@ -1,5 +1,6 @@
 """SCFS on CPU: search weights by hand, the all-ones ablation, the ladder, checks, resume, CLI."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -11,10 +12,12 @@ from interlab.cli import main
 from interlab.config import build_config
 from interlab.data import write_npz
 from interlab.distill import search_weights
+from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.search_maps import plot_search_maps
 from interlab.sweep import load_sweep
 from interlab.train import Trainer, read_metrics
 from tests.conftest import assert_same_state
+from tests.test_dino import LEARNS_ON_A_CPU
 from tests.test_dino import SMALL as DINO_SMALL
 from tests.test_dino import make as make_small
 
@@ -103,22 +106,93 @@ def test_search_off_uses_all_ones_weights(images):
 # ---- the ladder and the loss ----------------------------------------------------------------------
 
 
-def test_the_ladder_dino_heads_search(images):
+def hand_layer_terms(method, student, teacher, layer, teacher_temp, layer_centre):
+    """One layer's (global-to-global, local-to-global) terms, written out from the shallow heads'
+    outputs: DINO cross-entropies (the global targets centred, the searched ones not), or
+    BYOL's 2 - 2 cos for target=byol. Search weights are cosines position by position."""
+    student_head = method.student["shallow"][str(layer)]
+    teacher_head = method.teacher["shallow"][str(layer)]
+    local_maps, global_maps = student.local_maps[layer], teacher.global_maps[layer]
+    key_map = global_maps[:16]  # the teacher's map of global view 1
+    n_local = len(local_maps) // 16
+    with torch.no_grad():
+        global_targets = teacher_head(global_maps).view(2, 16, -1)
+        if method.options.search:
+            queries = local_maps.mean(dim=(2, 3)).view(n_local, 16, -1, 1, 1)
+            weights = F.cosine_similarity(queries, key_map.unsqueeze(0), dim=2)
+        else:
+            weights = torch.ones(n_local, 16, *key_map.shape[-2:])
+        searched = (weights.unsqueeze(2) * key_map.unsqueeze(0)).flatten(0, 1)
+        local_targets = teacher_head(searched).view(n_local, 16, -1)
+    global_predictions = student_head(student.global_maps[layer]).view(2, 16, -1)
+    local_predictions = student_head(local_maps).view(n_local, 16, -1)
+
+    def term(target, prediction, centre=None):
+        if method.options.target == "byol":  # unit vectors: no softmax, no centre
+            return 2 - 2 * (target * prediction).sum(-1).mean()
+        shifted = target if centre is None else target - centre
+        probs = F.softmax(shifted / teacher_temp, dim=-1)
+        return -(probs * F.log_softmax(prediction / 0.1, dim=-1)).sum(-1).mean()
+
+    glob = (
+        term(global_targets[0], global_predictions[1], layer_centre)
+        + term(global_targets[1], global_predictions[0], layer_centre)
+    ) / 2
+    local = sum(term(local_targets[k], local_predictions[k]) for k in range(n_local)) / n_local
+    return glob, local, global_targets
+
+
+def test_scfs_without_heads_is_dino_weight_for_weight(images):
     indices = torch.arange(16)
     dino = make("dino")
     rung1 = make(per_layer_heads=False, search=False)
     assert set(rung1.state_dict()) == set(dino.state_dict())  # no heads, no layer centres
     assert rung1(rung1.make_views(images), indices)["loss"].item() == pytest.approx(
         dino(dino.make_views(images), indices)["loss"].item(), rel=1e-6
-    )  # scfs without heads is DINO, weight for weight
-    for search in (False, True):
-        method = make(search=search)
-        outputs = method(method.make_views(images), indices)
-        terms = [
-            outputs[f"loss_{kind}_l{layer}"] for layer in LAYERS for kind in ("global", "local")
-        ]
-        expected = outputs["loss_dino"] + 0.5 * sum(terms)
-        assert outputs["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    )
+
+
+@pytest.mark.parametrize(
+    ("search", "target"),
+    [(False, "dino"), (True, "dino"), (True, "byol")],
+    ids=["heads", "scfs", "scfs_byol"],
+)
+def test_total_is_a_separate_dino_plus_half_the_hand_computed_layer_terms(images, search, target):
+    """DINO's term comes from a plain DINO method given the same weights and views; every
+    per-layer term is recomputed from the shallow heads by `hand_layer_terms`. Non-zero layer
+    centres check that only the global-to-global DINO targets are centred."""
+    method = make(search=search, target=target)
+    method.teacher_temp = 0.05
+    generator = torch.Generator().manual_seed(7)
+    centres = {layer: 0.1 * torch.randn(1, 32, generator=generator) for layer in LAYERS}
+    for layer, centre in centres.items():
+        getattr(method, f"center_layer{layer}").copy_(centre)
+    dino = make("dino")
+    shared = {k: v for k, v in method.state_dict().items() if k in dino.state_dict()}
+    dino.load_state_dict(shared)  # strict: every DINO weight and buffer comes from scfs
+    dino.teacher_temp = 0.05
+
+    views = method.make_views(images)
+    student = method.run(method.student, views)
+    with torch.no_grad():
+        teacher = method.run(method.teacher, views[:2])
+    outputs = method.losses(student, teacher)
+    dino_loss = dino(views, torch.arange(16))["loss"]
+
+    expected = dino_loss.item()
+    for layer in LAYERS:
+        glob, local, targets = hand_layer_terms(
+            method, student, teacher, layer, 0.05, centres[layer]
+        )
+        assert outputs[f"loss_global_l{layer}"].item() == pytest.approx(glob.item(), rel=1e-5)
+        assert outputs[f"loss_local_l{layer}"].item() == pytest.approx(local.item(), rel=1e-5)
+        expected += 0.5 * (glob.item() + local.item())
+        moved = centres[layer]
+        if target == "dino":  # each layer's centre moves to the EMA of its global targets
+            moved = 0.9 * moved + 0.1 * targets.reshape(-1, 32).mean(0, keepdim=True)
+        torch.testing.assert_close(getattr(method, f"center_layer{layer}"), moved)
+    assert outputs["loss_dino"].item() == pytest.approx(dino_loss.item(), rel=1e-5)
+    assert outputs["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_training_step_reaches_every_head_and_moves_every_centre(images):
@@ -134,15 +208,6 @@ def test_a_training_step_reaches_every_head_and_moves_every_centre(images):
     for layer in LAYERS:
         head = method.student["shallow"][str(layer)]
         assert all(p.grad is not None for p in head.parameters()), layer
-
-
-def test_byol_target_variant_trains(images):
-    method = make(target="byol", search=True)
-    outputs = method(method.make_views(images), torch.arange(16))
-    outputs["loss"].backward()
-    for layer in LAYERS:
-        assert 0 <= outputs[f"loss_local_l{layer}"].item() <= 4
-    assert torch.equal(method.center_layer2, torch.zeros(1, 32))  # no centre for cosine targets
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -224,6 +289,20 @@ def test_cli_trains_scfs_and_rejects_an_unknown_option(tmp_path, small_npz, caps
     assert "search: false" in saved and "- 3" in saved
     assert main([*args[:-2], "--set", "serach=false"]) == 2
     assert "unknown key 'serach' for method 'scfs'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_scfs_epoch_beats_the_untrained_network(tmp_path):
+    """DINO's CPU settings plus the per-layer heads and the search on layers 2-4."""
+    config = quickstart_config(
+        "scfs", device="cpu", epochs=1, out_dir=str(tmp_path), overrides=LEARNS_ON_A_CPU
+    )
+    before = untrained_knn(config)
+    after = Trainer(config, progress=False).fit(resume=False).final["knn_top1"]
+    print(json.dumps({"untrained": before, "trained": after}))
+    # Measured: 0.297 -> 0.355 (+5.8 points) in 1 epoch, 20 s on 2 idle cores (230 s when
+    # shared); assert a safe part of it.
+    assert after > before + 0.03
 
 
 # ---- visualisation, sweep, notebook ------------------------------------------------------------------
