@@ -289,6 +289,7 @@ def test_real_frames_train_and_resume_to_the_same_state(tmp_path):
     assert_same_state(expected, got, exact=("queue_videos", "cycle_videos", "cycle_ptr"))
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 def test_pseudo_videos_on_mini_data_beat_the_untrained_network(tmp_path):
     config = quickstart_config("cyclecontrast", device="cpu", epochs=3, out_dir=str(tmp_path))
     metrics = Trainer(config, progress=False).fit(resume=False).metrics
@@ -315,6 +316,7 @@ def test_cli_trains_cyclecontrast_and_rejects_unknown_options(tmp_path, mixed_np
     assert "unknown key 'cycle_wieght'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 def test_notebook_reads_a_sweep_and_traces_cycles(tmp_path, tiny_npz):
     """05_cyclecontrast.ipynb draws clips, the sweep's curves and a traced cycle, headless."""
     import nbformat

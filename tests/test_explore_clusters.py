@@ -34,6 +34,7 @@ def data():
     return images, truth
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 def test_selecting_a_cluster_shows_its_members_and_purity(run_dir, data):
     images, truth = data
     explorer = ClusterExplorer(run_dir, images, truth, members_shown=4)
@@ -77,6 +78,7 @@ def test_a_run_without_snapshots_is_a_message(tmp_path, data):
     explorer.show()  # shows the message, draws nothing, raises nothing
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 def test_explore_notebook_runs_headless_on_a_trained_run(tmp_path, tiny_npz):
     """04_explore.ipynb on a 1-epoch InterCLR run: all three explorers draw a static figure."""
     import nbformat

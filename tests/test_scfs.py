@@ -333,6 +333,7 @@ def test_the_ladder_sweep_grid_is_valid_in_both_forms():
         assert heads["search"] is False
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 def test_scfs_notebook_runs_headless(tmp_path, tiny_npz):
     """06_scfs.ipynb trains a 1-epoch run here, draws the search maps and the missing-sweep note."""
     import papermill

@@ -214,6 +214,7 @@ STUDIES = {
 }
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: make test-slow / CI
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_notebooks_read_a_finished_sweep(study, tmp_path, tiny_npz):
     """Each study notebook finds the sweep folder's runs (one 1-epoch InterCLR run) and plots."""
