@@ -22,7 +22,7 @@ from throughput import moco_step_rate
 
 from interlab.config import build_config, load_named_config
 from interlab.devices import native_bf16
-from interlab.quickstart import quickstart_config
+from interlab.lab.quickstart import quickstart_config
 from interlab.train import Trainer, train
 
 SETTINGS = {

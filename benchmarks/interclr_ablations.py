@@ -25,9 +25,9 @@ from typing import Any
 import torch
 
 from interlab.config import build_config, field_types, load_named_config
+from interlab.lab.quickstart import CPU_SETTINGS, MOCO_CPU
 from interlab.methods.interclr import InterCLROptions
 from interlab.methods.moco import MoCoOptions
-from interlab.quickstart import CPU_SETTINGS, MOCO_CPU
 from interlab.train import read_metrics, train
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -162,7 +162,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_quickstart(args: argparse.Namespace) -> int:
     from papermill.exceptions import PapermillExecutionError
 
-    from interlab.quickstart import execute_quickstart_notebook
+    from interlab.lab.quickstart import execute_quickstart_notebook
 
     try:
         paths = execute_quickstart_notebook(
@@ -193,8 +193,8 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from interlab.report import write_report
-    from interlab.sweep import SweepInterrupted, load_sweep, run_sweep
+    from interlab.lab.report import write_report
+    from interlab.lab.sweep import SweepInterrupted, load_sweep, run_sweep
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
@@ -221,7 +221,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from interlab.report import write_report
+    from interlab.lab.report import write_report
 
     paths = write_report(args.sweep_dir)
     print(paths["markdown"].read_text())

@@ -6,9 +6,9 @@ import torchvision
 from torch import nn
 
 from interlab.config import CONFIG_DIR, build_config, load_named_config, parse_assignment
+from interlab.lab.sweep import load_sweep
 from interlab.methods import METHOD_NAMES, build_method
 from interlab.methods.interclr import InterCLROptions
-from interlab.sweep import load_sweep
 
 
 def test_overrides_reach_trainer_augment_and_method_keys():

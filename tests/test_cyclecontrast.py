@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from interlab.cli import main
 from interlab.data import load_dataset
+from interlab.lab.quickstart import quickstart_config, untrained_knn
 from interlab.losses import cycle_loss, info_nce, soft_nearest_neighbour
 from interlab.methods.cyclecontrast import CycleContrastOptions
-from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import Trainer, read_metrics
 from interlab.videos import (
     PseudoVideoConfig,
@@ -322,9 +322,10 @@ def test_notebook_reads_a_sweep_and_traces_cycles(tmp_path, tiny_npz):
     import nbformat
     import papermill
 
-    from interlab.sweep import REPO_ROOT, run_sweep, sweep_from_spec
+    from interlab.lab.paths import notebooks_dir, project_root
+    from interlab.lab.sweep import run_sweep, sweep_from_spec
 
-    notebooks = REPO_ROOT / "notebooks"
+    notebooks = notebooks_dir()
     spec = {
         "notebook": str(notebooks / "train.ipynb"),
         "base": {
@@ -343,7 +344,7 @@ def test_notebook_reads_a_sweep_and_traces_cycles(tmp_path, tiny_npz):
         str(notebooks / "05_cyclecontrast.ipynb"),
         str(executed),
         parameters={"sweep_dir": str(sweep_dir), "n_queries": 3},
-        cwd=str(REPO_ROOT),
+        cwd=str(project_root()),
         progress_bar=False,
     )
     cells = nbformat.read(executed, as_version=4).cells

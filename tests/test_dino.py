@@ -20,9 +20,9 @@ from interlab.distill import (
     soft_cross_entropy,
     teacher_temperature,
 )
+from interlab.lab.quickstart import quickstart_config, untrained_knn
 from interlab.methods import build_method
 from interlab.methods.dino import NetworkPass
-from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import Trainer
 
 SMALL = {

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from interlab.explore import ClusterExplorer
-from interlab.explore.clusters import procrustes_onto
+from interlab.lab.explore import ClusterExplorer
+from interlab.lab.explore.clusters import procrustes_onto
 from interlab.snapshots import save_snapshot
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from interlab.explore import MarginExplorer, margin_curves
-from interlab.explore.margin import margin_slope
+from interlab.lab.explore import MarginExplorer, margin_curves
+from interlab.lab.explore.margin import margin_slope
 from interlab.losses import apply_margin
 
 NEGATIVES = np.array([0.1, -0.2, 0.3])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from interlab.explore import NegativeExplorer
-from interlab.studies import query_embeddings
+from interlab.lab.explore import NegativeExplorer
+from interlab.lab.studies import query_embeddings
 from tests.test_interclr import make_method
 
 

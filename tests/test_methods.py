@@ -9,9 +9,9 @@ import interlab.methods.moco as moco_module
 from interlab import nets
 from interlab.augment import AugmentConfig
 from interlab.config import build_config
+from interlab.lab.quickstart import quickstart_config, untrained_knn
 from interlab.losses import info_nce
 from interlab.methods import build_method
-from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import train
 from tests.conftest import cpu_config
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from interlab.quickstart import execute_quickstart_notebook
+from interlab.lab.quickstart import execute_quickstart_notebook
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").rglob("*.ipynb"))
 

@@ -12,9 +12,9 @@ from interlab.cli import main
 from interlab.config import build_config
 from interlab.data import write_npz
 from interlab.distill import search_weights
-from interlab.quickstart import quickstart_config, untrained_knn
-from interlab.search_maps import plot_search_maps
-from interlab.sweep import load_sweep
+from interlab.lab.quickstart import quickstart_config, untrained_knn
+from interlab.lab.search_maps import plot_search_maps
+from interlab.lab.sweep import load_sweep
 from interlab.train import Trainer, read_metrics
 from tests.conftest import assert_same_state
 from tests.test_dino import LEARNS_ON_A_CPU

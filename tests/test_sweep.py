@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from interlab.cli import main
-from interlab.report import collect_runs, summarise, write_report
-from interlab.sweep import load_sweep, run_sweep, sweep_from_spec
+from interlab.lab.report import collect_runs, summarise, write_report
+from interlab.lab.sweep import load_sweep, run_sweep, sweep_from_spec
 
 TRAIN_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "train.ipynb"
 
@@ -334,7 +334,7 @@ def test_stopping_a_running_notebook_leaves_no_status(toy_notebook, tmp_path):
     import threading
     import time
 
-    from interlab.sweep import RunExecutor
+    from interlab.lab.sweep import RunExecutor
 
     (run,) = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"sleep": [60.0]})).runs
     executor = RunExecutor(Path(toy_notebook), None)

@@ -7,8 +7,8 @@ import yaml
 from interlab.cli import main
 from interlab.data import load_dataset
 from interlab.evaluate import extract_features, knn_top1
+from interlab.lab.quickstart import quickstart_config, untrained_knn
 from interlab.methods import METHOD_NAMES
-from interlab.quickstart import quickstart_config, untrained_knn
 from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
 from tests.conftest import cpu_config
 

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from interlab.cluster import cluster_scores
-from interlab.explore.display import redraw, show_with_static
-from interlab.explore.negatives import show_image
+from interlab.lab.explore.display import redraw, show_with_static
+from interlab.lab.explore.negatives import show_image
 from interlab.snapshots import SNAPSHOT_DIR, list_snapshots, load_snapshot
 
 

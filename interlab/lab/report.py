@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from interlab.sweep import STATUS_NAME, read_status
+from interlab.lab.sweep import STATUS_NAME, read_status
 
 FIGURES = (
     "knn_top1",
@@ -164,7 +164,7 @@ def column_order(key: str) -> tuple[int, str]:
 def save_plots(
     sweep_dir: Path, rows: list[dict[str, Any]], lines: list[dict[str, Any]]
 ) -> dict[str, Path]:
-    from interlab.plots import plot_setting_bars, plot_setting_curves
+    from interlab.lab.plots import plot_setting_bars, plot_setting_curves
 
     paths = {}
     if any("knn_top1_mean" in line for line in lines):

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from interlab.data import ImageSet, load_dataset
-from interlab.sweep import REPO_ROOT
+from interlab.lab.paths import in_project
 
 # Small enough to learn something in minutes on 2 CPU cores: a ConvNet, narrow heads, 4 locals.
 CPU_SETTINGS = {
@@ -37,12 +37,6 @@ GPU_SETTINGS = {"backbone": "resnet18", "cifar_stem": True, "batch_size": 256, "
 CROP_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
 
 
-def resolve(path: str | Path) -> Path:
-    """Relative paths start at the repository root (JupyterLab runs kernels in notebooks/)."""
-    path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def scfs_run(
     run_dir: str = "",
     dataset: str = "cifar10-mini",
@@ -59,14 +53,14 @@ def scfs_run(
     from interlab.train import load_trained, resolve_device, train
 
     if run_dir:
-        path = resolve(run_dir)
+        path = in_project(run_dir)
         if not (path / "checkpoint.pt").exists():
             raise ValueError(f"{path} has no checkpoint.pt; give a run folder of `interlab train`")
     else:
         on_gpu = resolve_device(device).type == "cuda"
         keys = {"method": "scfs", "data": dataset, "epochs": epochs, "device": device}
         keys.update(GPU_SETTINGS if on_gpu else CPU_SETTINGS)
-        keys["out"] = str(resolve(out_dir) / "run")
+        keys["out"] = str(in_project(out_dir) / "run")
         path = train(build_config(keys), progress=False).out
     config, method = load_trained(path / "checkpoint.pt", device="cpu")
     if config.method != "scfs":
@@ -144,9 +138,9 @@ def draw_heat(ax: Any, image: np.ndarray, weights: np.ndarray, layer: int) -> No
 
 def sweep_table(sweep_dir: str | Path) -> str | None:
     """The ladder sweep's summary table (markdown), or None when the folder holds no runs."""
-    from interlab.report import collect_runs, write_report
+    from interlab.lab.report import collect_runs, write_report
 
-    folder = resolve(sweep_dir)
+    folder = in_project(sweep_dir)
     try:
         collect_runs(folder)
     except ValueError:

@@ -134,7 +134,7 @@ def cycle_run(sweep_dir: str | Path) -> Path:
     """The checkpoint of the first finished CycleContrast run of a sweep folder."""
     import yaml
 
-    from interlab.report import collect_runs
+    from interlab.lab.report import collect_runs
 
     for row in collect_runs(sweep_dir):
         run = Path(sweep_dir) / row["run"] / "run"

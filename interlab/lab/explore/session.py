@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from interlab.data import ImageSet, load_dataset
-from interlab.sweep import REPO_ROOT
+from interlab.lab.paths import in_project
 
 
 def explore_run(
@@ -21,12 +21,11 @@ def explore_run(
     settings and a bank snapshot every epoch (minutes on a CPU), unless it already holds a
     finished checkpoint.
     """
-    from interlab.quickstart import quickstart_config
+    from interlab.lab.quickstart import quickstart_config
     from interlab.train import load_trained, train
 
     if run_dir:
-        path = Path(run_dir)
-        path = path if path.is_absolute() else REPO_ROOT / path
+        path = in_project(run_dir)
         if not (path / "checkpoint.pt").exists():
             raise ValueError(f"{path} has no checkpoint.pt; give a run folder of `interlab train`")
     else:
@@ -35,7 +34,7 @@ def explore_run(
             dataset=dataset,
             epochs=epochs,
             device=device,
-            out_dir=str(REPO_ROOT / "runs" / "explore"),
+            out_dir=str(in_project("runs/explore")),
             overrides={"snapshot_every": 1},
         )
         train(config)

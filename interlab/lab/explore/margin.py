@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from interlab.explore.display import redraw, show_with_static
+from interlab.lab.explore.display import redraw, show_with_static
 from interlab.losses import MARGIN_KINDS, apply_margin
 
 GRID = np.linspace(-0.99, 0.99, 199)
@@ -94,7 +94,7 @@ def draw_margin_figure(
 class MarginExplorer:
     """Sliders for margin, temperature and kind over a trained model's positive/negative cosines.
 
-    `positives` / `negatives` are cosine samples (e.g. from `interlab.studies.inter_logits`).
+    `positives` / `negatives` are cosine samples (e.g. from `interlab.lab.studies.inter_logits`).
     `show()` displays the widgets (live in JupyterLab) and a static figure of the initial
     settings, so a headless execution still shows the picture.
     """

@@ -17,11 +17,9 @@ from interlab.config import TrainConfig, build_config
 from interlab.data import load_dataset
 from interlab.devices import device_name, resolve_device, run_precision
 from interlab.evaluate import extract_features, knn_top1
+from interlab.lab.paths import notebook_path, project_root
 from interlab.methods import build_method
 from interlab.train import TrainResult, train
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART_NOTEBOOK = REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
 
 # CPU: a small ConvNet that visibly learns in minutes on 2 cores (measured on the mini data:
 # kNN 0.30 untrained -> 0.42 after 20 epochs, ~100 s of training); GPU: the CIFAR ResNet-18.
@@ -165,10 +163,10 @@ def execute_quickstart_notebook(
         "out_dir": str(out),
     }
     papermill.execute_notebook(
-        str(QUICKSTART_NOTEBOOK),
+        str(notebook_path("00_quickstart.ipynb")),
         str(executed),
         parameters=params,
-        cwd=str(REPO_ROOT),
+        cwd=str(project_root()),
         progress_bar=progress,
     )
     return {

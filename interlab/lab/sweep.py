@@ -40,7 +40,8 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from interlab.lab.paths import in_project, project_root
+
 STATUS_NAME = "status.json"
 GRID_KEYS = ("notebook", "base", "grid", "runs", "seeds", "small", "description")
 TYPE_NAMES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list}
@@ -113,7 +114,7 @@ def seeds_of(spec: dict[str, Any]) -> Any:
 
 
 def resolve_notebook(name: str, source: Path | None) -> Path:
-    candidates = [Path(name), REPO_ROOT / name]
+    candidates = [Path(name), in_project(name)]
     if source is not None:
         candidates.insert(0, source.parent / name)
     for candidate in candidates:
@@ -307,7 +308,7 @@ def check_parameters(
 
 def check_semantics(parameters: dict[str, Any]) -> None:
     """Method, dataset and override keys checked the way a run would, before any run starts."""
-    from interlab.experiment import experiment_config
+    from interlab.lab.experiment import experiment_config
 
     if "method" not in parameters:  # not the training template's contract
         return
@@ -376,7 +377,7 @@ class RunExecutor:
     def _papermill(self, parameters: dict[str, Any], run_dir: Path) -> int:
         command = [
             sys.executable, "-m", "papermill", str(self.notebook), str(run_dir / "executed.ipynb"),
-            "-y", yaml.safe_dump(parameters), "--cwd", str(REPO_ROOT), "--no-progress-bar",
+            "-y", yaml.safe_dump(parameters), "--cwd", str(project_root()), "--no-progress-bar",
         ]  # fmt: skip
         env = dict(os.environ)
         if self.threads_per_run:  # parallel CPU runs share the cores instead of fighting

@@ -18,17 +18,16 @@ import torch
 from matplotlib.figure import Figure
 
 from interlab.evaluate import extract_features
+from interlab.lab.paths import grid_path, in_project
+from interlab.lab.report import collect_runs, write_report
+from interlab.lab.sweep import load_sweep, run_sweep
 from interlab.losses import MARGIN_KINDS, apply_margin, positive_probability
-from interlab.report import collect_runs, write_report
 from interlab.sampling import (
     NEGATIVE_STRATEGIES,
     false_negative_share,
     sample_negatives,
     sample_positives,
 )
-from interlab.sweep import REPO_ROOT, load_sweep, run_sweep
-
-GRID_DIR = REPO_ROOT / "notebooks" / "sweeps"
 
 
 def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: int = 1) -> Path:
@@ -37,15 +36,13 @@ def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: 
     A relative `sweep_dir` is taken from the repository root, so JupyterLab (which starts
     kernels in notebooks/) and papermill runs find the same folder. Returns the absolute path.
     """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_absolute():
-        sweep_dir = REPO_ROOT / sweep_dir
+    sweep_dir = in_project(sweep_dir)
     try:
         done = [r for r in collect_runs(sweep_dir) if r["state"] == "done"]
     except ValueError:
         done = []
     if not done:
-        run_sweep(load_sweep(GRID_DIR / f"{grid}.yaml", small=small), sweep_dir, workers=workers)
+        run_sweep(load_sweep(grid_path(grid), small=small), sweep_dir, workers=workers)
     write_report(sweep_dir)
     return sweep_dir
 

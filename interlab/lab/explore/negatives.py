@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from interlab.explore.display import redraw, show_with_static
-from interlab.sampling import NEGATIVE_STRATEGIES, sample_positives
-from interlab.studies import (
+from interlab.lab.explore.display import redraw, show_with_static
+from interlab.lab.studies import (
     draw_negatives,
     false_negative_rates,
     negative_similarities,
     plot_similarity_histograms,
     query_embeddings,
 )
+from interlab.sampling import NEGATIVE_STRATEGIES, sample_positives
 
 
 class NegativeExplorer:
