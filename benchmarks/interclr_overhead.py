@@ -21,7 +21,7 @@ from step_time import add_step_options, step_seconds
 from throughput import synchronize
 
 from interlab.cluster import kmeans
-from interlab.train import resolve_device
+from interlab.devices import resolve_device
 
 
 def kmeans_seconds(n: int, k: int, device: torch.device, backend: str) -> float:

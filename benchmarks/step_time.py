@@ -19,7 +19,8 @@ import torch
 from throughput import moco_step_rate
 
 from interlab.config import build_config, load_named_config
-from interlab.train import Trainer, resolve_device
+from interlab.devices import resolve_device
+from interlab.train import Trainer
 
 
 def step_seconds(config_name: str, args: argparse.Namespace) -> float:

@@ -17,8 +17,9 @@ import time
 import torch
 
 from interlab.config import build_config, load_named_config
+from interlab.devices import resolve_device
 from interlab.nets import build_backbone
-from interlab.train import Trainer, resolve_device
+from interlab.train import Trainer
 
 
 def synchronize(device: torch.device) -> None:

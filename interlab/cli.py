@@ -123,38 +123,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from interlab.data import load_dataset
-    from interlab.devices import resolve_device
-    from interlab.evaluate import evaluate_backbone, knn_figures
+    from interlab.evaluate import evaluate_method
     from interlab.train import load_trained
 
     config, method = load_trained(args.checkpoint, args.device)
     data = args.data or config.data
     root = args.data_root or config.data_root
-    train_set = load_dataset(data, "train", root=root)
-    test_set = load_dataset(data, "test", root=root)
-    device = resolve_device(args.device)
-    aug = method.augment.config
-    sets = (train_set.images, train_set.labels, test_set.images, test_set.labels)
-    scores: dict[str, float] = {}
-    if args.knn or not args.linear:
-        networks = {"": method.backbone}
-        if method.embedder is not None:
-            networks["_head"] = method.embedder
-        scores.update(
-            knn_figures(
-                networks, *sets, train_set.num_classes,
-                k=args.k if args.k is not None else config.knn_k,
-                temperature=args.temperature if args.temperature is not None else config.knn_temperature,
-                protocols=config.knn_protocols, mean=aug.mean, std=aug.std, device=device,
-            )
-        )  # fmt: skip
-    if args.linear:
-        scores.update(
-            evaluate_backbone(
-                method.backbone, *sets, train_set.num_classes, knn=False, linear=True,
-                device=device, mean=aug.mean, std=aug.std,
-            )
-        )  # fmt: skip
+    scores = evaluate_method(
+        method,
+        load_dataset(data, "train", root=root),
+        load_dataset(data, "test", root=root),
+        knn=args.knn or not args.linear,
+        linear=args.linear,
+        k=args.k if args.k is not None else config.knn_k,
+        temperature=args.temperature if args.temperature is not None else config.knn_temperature,
+        protocols=config.knn_protocols,
+    )
     print(json.dumps(scores))
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from interlab.augment import AugmentConfig
+from interlab.methods import method_options_class
 from interlab.nets import BACKBONES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -189,8 +190,6 @@ def build_config(overrides: dict[str, Any]) -> TrainConfig:
     Unknown keys, wrong types and unknown methods raise ValueError naming the key and listing
     the valid choices; method options are validated by the method's own dataclass.
     """
-    from interlab.methods import method_options_class  # methods depend on config, not back
-
     overrides = dict(overrides)
     method = overrides.get("method", TrainConfig.method)
     options_cls = method_options_class(method)

@@ -1,4 +1,4 @@
-"""Frozen-feature evaluation: feature extraction, weighted kNN and a linear probe.
+"""Frozen-feature evaluation: weighted kNN and a linear probe on `interlab.features`' output.
 
 Features are computed once per evaluation and kept on one device; kNN and the probe then
 work on those tensors only (no image passes), which keeps evaluation cheap enough to run
@@ -9,108 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, to_float
-from interlab.devices import Precision, full_precision
-
-# Defaults for callers without an augmentation config; callers that have one pass its
-# mean/std so evaluation sees images normalised exactly like training did.
-DEFAULT_MEAN: tuple[float, float, float] = CIFAR10_MEAN
-DEFAULT_STD: tuple[float, float, float] = CIFAR10_STD
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    images: Tensor,
-    batch_size: int = 512,
-    mean: Sequence[float] = DEFAULT_MEAN,
-    std: Sequence[float] = DEFAULT_STD,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    precision: Precision | None = None,
-) -> Tensor:
-    """L2-normalised float32 features (N, D) of uint8 NHWC `images`, computed on `device`.
-
-    `device` defaults to the backbone's; the backbone must already live there (moving it
-    would silently change the caller's model). The backbone runs in eval mode and every
-    submodule gets its previous train/eval mode back afterwards. `precision` is the run's
-    policy (autocast, memory format), so features are computed as the network trained;
-    None = fp32.
-    """
-    _check_uint8_images(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _compute_device(backbone, device)
-    precision = precision or full_precision(device)
-    modes = [(module, module.training) for module in backbone.modules()]
-    backbone.eval()
-    try:
-        return _features_in_batches(
-            backbone, images, batch_size, mean, std, device, precision, progress
-        )
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _features_in_batches(
-    backbone: nn.Module,
-    images: Tensor,
-    batch_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device,
-    precision: Precision,
-    progress: bool = True,
-) -> Tensor:
-    """Fill a preallocated (N, D) tensor batch by batch (no N-sized concatenation copy)."""
-    features: Tensor | None = None
-    count = images.shape[0]
-    for start in tqdm(
-        range(0, count, batch_size), desc="features", leave=False, disable=not progress
-    ):
-        batch = to_float(
-            images[start : start + batch_size].to(device, non_blocking=True), mean, std
-        )
-        with precision.autocast():
-            output = backbone(precision.images(batch))
-        output = F.normalize(output.float().flatten(1), dim=1)
-        if features is None:
-            features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
-        features[start : start + output.shape[0]] = output
-    return features
-
-
-def _check_uint8_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("images is empty (N=0); expected at least one image")
-
-
-def _compute_device(backbone: nn.Module, device: torch.device | str | None) -> torch.device:
-    """The requested device, else the backbone's; a backbone elsewhere is a caller error."""
-    first = next(iter(backbone.parameters()), None)
-    model_device = first.device if first is not None else torch.device("cpu")
-    if device is None:
-        return model_device
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if first is not None and model_device != device:
-        raise ValueError(f"backbone is on {model_device} but device={device}; move it there first")
-    return device
+from interlab.data import ImageSet
+from interlab.devices import Precision
+from interlab.features import DEFAULT_MEAN, DEFAULT_STD, extract_features
 
 
 def knn_predict(
@@ -236,7 +144,7 @@ def protocol_key(k: int, temperature: float) -> str:
     return f"knn_top1_k{k}_t{temperature:g}"
 
 
-def knn_figures(
+def knn_scores(
     networks: dict[str, nn.Module],
     memory_images: Tensor,
     memory_labels: Tensor,
@@ -258,7 +166,7 @@ def knn_figures(
     first network too (`knn_top1_k20_t0.07`): a published figure's own protocol. Features
     are extracted once per network; k is capped at the memory size.
     """
-    figures: dict[str, float] = {}
+    scores: dict[str, float] = {}
     for position, (suffix, network) in enumerate(networks.items()):
         memory, test = (
             extract_features(
@@ -271,11 +179,11 @@ def knn_figures(
         if position == 0:
             runs += [(protocol_key(pk, pt), pk, pt) for pk, pt in protocols]
         for key, run_k, run_t in runs:
-            figures[key] = knn_top1(
+            scores[key] = knn_top1(
                 memory, memory_labels, test, test_labels, num_classes,
                 k=min(run_k, len(memory)), temperature=run_t,
             )  # fmt: skip
-    return figures
+    return scores
 
 
 def _top1(predictions: Tensor, labels: Tensor | np.ndarray, name: str) -> float:
@@ -404,4 +312,47 @@ def evaluate_backbone(
         )
     if linear:
         scores["linear_top1"] = linear_probe(train, train_labels, test, test_labels, num_classes)
+    return scores
+
+
+def evaluate_method(
+    method: Any,
+    memory_set: ImageSet,
+    test_set: ImageSet,
+    knn: bool = True,
+    linear: bool = False,
+    k: int = 200,
+    temperature: float = 0.1,
+    protocols: Sequence[tuple[int, float]] = (),
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """The one evaluation of a method (trained or not): what training logs, `interlab eval`,
+    the quickstart's untrained baseline and the sweeps' final probe all call.
+
+    kNN gives `knn_top1` (backbone), `knn_top1_head` (the embedding, where the method has
+    one) and each extra protocol; `linear` adds `linear_top1` (backbone). Images are
+    normalised with the method's augmentation statistics and run under its precision policy.
+    """
+    if not (knn or linear):
+        raise ValueError("knn and linear are both False; expected at least one evaluation")
+    aug = method.augment.config
+    shared = {"mean": aug.mean, "std": aug.std, "device": device, "precision": method.precision}
+    sets = (memory_set.images, memory_set.labels, test_set.images, test_set.labels)
+    scores: dict[str, float] = {}
+    if knn:
+        networks = {"": method.backbone}
+        if method.embedder is not None:
+            networks["_head"] = method.embedder
+        scores.update(
+            knn_scores(
+                networks, *sets, memory_set.num_classes, k=k, temperature=temperature,
+                protocols=protocols, **shared,
+            )
+        )  # fmt: skip
+    if linear:
+        scores.update(
+            evaluate_backbone(
+                method.backbone, *sets, memory_set.num_classes, knn=False, linear=True, **shared
+            )
+        )
     return scores

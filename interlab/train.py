@@ -1,27 +1,31 @@
 """One training loop for every method: GPU-resident data, per-step schedule, resumable runs.
 
-A run folder holds `config.yaml`, `metrics.jsonl` (one JSON object per epoch) and
-`checkpoint.pt` (weights, optimiser, method buffers such as queues and banks, RNG states), so
-a run killed at any point resumes from its last checkpoint and reaches the same weights.
+The loop lives here; the run folder's files are `interlab.run_folder`'s and checkpoints
+(contents, RNG streams, rebuilding a trained method) `interlab.checkpoint`'s. `load_trained`
+and `read_metrics` are imported here too, as the training API's readers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interlab import distributed as dist_utils
-from interlab.config import TrainConfig, config_from_dict
+from interlab.checkpoint import (
+    load_trained,
+    read_checkpoint,
+    restore_rng,
+    rng_state,
+    save_atomically,
+)
+from interlab.config import TrainConfig
 from interlab.data import ImageSet, load_dataset
 from interlab.devices import (
     configure_backends,
@@ -29,15 +33,20 @@ from interlab.devices import (
     resolve_device,
     run_precision,
 )
-from interlab.evaluate import knn_figures
+from interlab.evaluate import evaluate_method
 from interlab.methods import build_method
 from interlab.methods.base import Method
 from interlab.optim import build_optimizer, cosine_lr, set_lr
+from interlab.run_folder import (
+    CHECKPOINT_NAME,
+    append_metrics,
+    read_metrics,
+    write_config,
+    write_metrics,
+)
 from interlab.snapshots import save_snapshot
 
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-CONFIG_NAME = "config.yaml"
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "load_trained", "read_metrics", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,15 +62,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, Any]:
         return self.metrics[-1] if self.metrics else {}
-
-
-def yaml_ready(value: Any) -> Any:
-    """Tuples to lists, recursively, so configs dump as plain YAML."""
-    if isinstance(value, dict):
-        return {k: yaml_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [yaml_ready(v) for v in value]
-    return value
 
 
 def load_train_data(
@@ -124,6 +124,7 @@ class Trainer:
     def _build_method(self) -> Method:
         augment = self.config.augment_config(self.train_set.image_size)
         method = build_method(self.config, augment, len(self.train_set)).to(self.device)
+        self.config.method_options.update(method.resolved_options())  # config.yaml records them
         if self.world > 1 and self.device.type == "cuda":
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         method = self.precision.prepare(method)
@@ -160,13 +161,7 @@ class Trainer:
             "step": self.step,
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "order": self.order_generator.get_state(),
-                "augment": self.aug_generator.get_state(),
-                "augment_per_rank": augment_per_rank,
-            },
+            "rng": rng_state(self.order_generator, self.aug_generator, augment_per_rank),
         }
 
     def gather_augment_states(self) -> Tensor:
@@ -179,33 +174,17 @@ class Trainer:
         augment_per_rank = self.gather_augment_states()
         if not dist_utils.is_main_process():
             return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(self.state(augment_per_rank), tmp)
-        os.replace(tmp, self.checkpoint_path)  # atomic: a crash never leaves half a checkpoint
+        save_atomically(self.checkpoint_path, self.state(augment_per_rank))
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, self.device)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        self.order_generator.set_state(rng["order"].cpu())
-        # Each rank's augmentation stream continues from where it stopped. Checkpoints without
-        # every rank's state (older ones, or another number of ranks) give rank 0's stream
-        # back and re-derive the others' so they stay distinct.
-        per_rank = rng.get("augment_per_rank")
-        if per_rank is not None and len(per_rank) == self.world:
-            # A copy of its own: set_state on a row view of the stacked states crashes.
-            self.aug_generator.set_state(per_rank[self.rank].cpu().clone())
-        else:
-            self.aug_generator.set_state(rng["augment"].cpu())
-            if self.rank:
-                self.aug_generator.manual_seed(
-                    self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
-                )
+        reseed = self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
+        restore_rng(
+            state["rng"], self.order_generator, self.aug_generator, self.rank, self.world, reseed
+        )
         self.metrics = [m for m in read_metrics(self.out) if m["epoch"] <= self.epoch]
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -264,35 +243,25 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        figures = {key: (value / self.steps_per_epoch).item() for key, value in sums.items()}
-        figures["lr"] = self.current_lr()
-        figures["epoch_time_s"] = seconds
-        figures["images_per_s"] = self.steps_per_epoch * batch * self.world / seconds
-        return figures
+        averages = {key: (value / self.steps_per_epoch).item() for key, value in sums.items()}
+        averages["lr"] = self.current_lr()
+        averages["epoch_time_s"] = seconds
+        averages["images_per_s"] = self.steps_per_epoch * batch * self.world / seconds
+        return averages
 
     def knn_accuracy(self) -> dict[str, float]:
         """`knn_top1` (backbone), `knn_top1_head` (embedding) and any extra protocols; {}
         when the data has no labelled test split."""
         if self.memory_set is None or self.test_set is None:
             return {}
-        networks = {"": self.method.backbone}
-        if self.method.embedder is not None:
-            networks["_head"] = self.method.embedder
-        aug = self.method.augment.config
-        return knn_figures(
-            networks,
-            self.memory_set.images,
-            self.memory_set.labels,
-            self.test_set.images,
-            self.test_set.labels,
-            self.memory_set.num_classes,
+        return evaluate_method(
+            self.method,
+            self.memory_set,
+            self.test_set,
             k=self.config.knn_k,
             temperature=self.config.knn_temperature,
             protocols=self.config.knn_protocols,
-            mean=aug.mean,
-            std=aug.std,
             device=self.device,
-            precision=self.precision,
         )
 
     def should_evaluate(self) -> bool:
@@ -302,16 +271,15 @@ class Trainer:
     def should_checkpoint(self) -> bool:
         return self.epoch == self.config.epochs or self.epoch % self.config.checkpoint_every == 0
 
-    def end_epoch(self, figures: dict[str, float]) -> dict[str, Any]:
-        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **figures}
+    def end_epoch(self, averages: dict[str, float]) -> dict[str, Any]:
+        record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **averages}
         record.update(self.method.on_epoch_end(self.epoch))
         dist_utils.broadcast_buffers(self.method)  # ranks agree on BN statistics, queues, banks
         if self.should_evaluate():
             record.update(self.knn_accuracy())
         self.metrics.append(record)
         if dist_utils.is_main_process():
-            with open(self.out / METRICS_NAME, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_metrics(self.out, record)
         if self.should_checkpoint():
             self.save_checkpoint()
         if self.should_snapshot():
@@ -334,9 +302,7 @@ class Trainer:
             self.load_checkpoint(self.checkpoint_path)
         if dist_utils.is_main_process():
             write_metrics(self.out, self.metrics)  # drops epochs after the checkpoint
-            (self.out / CONFIG_NAME).write_text(
-                yaml.safe_dump(yaml_ready(self.config.to_dict()), sort_keys=False)
-            )
+            write_config(self.out, self.config.to_dict())
 
     def start_method(self) -> None:
         """Let the method prepare (e.g. cluster the bank), then give every rank rank 0's buffers."""
@@ -369,9 +335,9 @@ class Trainer:
             while self.epoch < last_epoch:
                 if bar is not None:
                     bar.set_description(f"epoch {self.epoch + 1}/{self.config.epochs}")
-                figures = self.train_epoch(bar)
+                averages = self.train_epoch(bar)
                 self.epoch += 1
-                record = self.end_epoch(figures)
+                record = self.end_epoch(averages)
                 if bar is not None and "knn_top1" in record:
                     bar.write(f"epoch {self.epoch}: knn_top1 {record['knn_top1']:.4f}")
             if self.epoch == last_epoch and not self.should_checkpoint():
@@ -392,35 +358,3 @@ def train(
     return Trainer(config, progress=progress).fit(
         resume=resume, stop_after_epochs=stop_after_epochs
     )
-
-
-def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run folder (empty when none yet)."""
-    path = Path(out) / METRICS_NAME
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_metrics(out: Path, records: list[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    (out / METRICS_NAME).write_text(text)
-
-
-def load_trained(checkpoint: str | Path, device: str = "auto") -> tuple[TrainConfig, Method]:
-    """Rebuild a method from a checkpoint (config included) for evaluation or exploration."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    target = resolve_device(device)
-    state = torch.load(path, map_location=target, weights_only=False)
-    if not isinstance(state, dict) or "config" not in state or "method" not in state:
-        raise ValueError(f"{path} is not an interlab checkpoint (no config/method entries)")
-    config = config_from_dict(state["config"])
-    augment = config.augment_config(state["image_size"])
-    method = build_method(config, augment, state.get("num_samples", 0)).to(target)
-    method.load_state_dict(state["method"])
-    method.precision = run_precision(config, target)
-    method = method.precision.prepare(method)
-    method.eval()
-    return config, method

@@ -167,7 +167,7 @@ def test_shipped_config_builds_its_method_at_cifar10_size(name):
     method = build_method(config, config.augment_config(32), CIFAR10_TRAIN_SIZE)
     assert method.name == config.method == name.removesuffix("_cifar10")
     for key, size in RESOLVED_SIZES[name].items():
-        assert config.method_options[key] == size, key
+        assert method.resolved_options()[key] == size, key
 
     backbone = method.backbone
     assert isinstance(backbone, torchvision.models.ResNet)

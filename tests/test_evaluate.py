@@ -12,13 +12,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from interlab.augment import to_float
-from interlab.evaluate import (
-    evaluate_backbone,
-    extract_features,
-    knn_predict,
-    knn_top1,
-    linear_probe,
-)
+from interlab.evaluate import evaluate_backbone, knn_predict, knn_top1, linear_probe
+from interlab.features import extract_features
 from interlab.nets import ConvNet
 
 

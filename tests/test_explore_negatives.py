@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from interlab.lab.explore import NegativeExplorer
-from interlab.lab.studies import query_embeddings
+from interlab.lab.probes import query_embeddings
 from tests.test_interclr import make_method
 
 

@@ -64,7 +64,7 @@ def test_dataset_scaled_defaults_are_recorded(mixed_train):
         7,
         51,
     )
-    assert method.config.method_options["num_clusters"] == 4  # written to config.yaml
+    assert method.resolved_options()["num_clusters"] == 4  # the trainer records it
     assert bool(method.memory.ready)
 
 
@@ -256,7 +256,7 @@ def test_a_run_without_a_bank_has_no_snapshots(tmp_path, mixed_npz):
 def test_pool_share_sets_the_pool_and_a_conflict_is_named(mixed_train):
     method = make_method(mixed_train, pool_share=0.3)
     assert method.options.pool == round(0.3 * 512) == 154
-    assert method.config.method_options["pool"] == 154  # config.yaml records the size used
+    assert method.resolved_options()["pool"] == 154  # the trainer records the size used
     assert make_method(mixed_train, pool_share=0.3, pool=154).options.pool == 154  # a resume
     with pytest.raises(ValueError, match=r"pool=100 and pool_share=0\.3 disagree"):
         make_method(mixed_train, pool_share=0.3, pool=100)

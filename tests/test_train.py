@@ -6,7 +6,8 @@ import yaml
 
 from interlab.cli import main
 from interlab.data import load_dataset
-from interlab.evaluate import extract_features, knn_top1
+from interlab.evaluate import knn_top1
+from interlab.features import extract_features
 from interlab.lab.quickstart import quickstart_config, untrained_knn
 from interlab.methods import METHOD_NAMES
 from interlab.train import CHECKPOINT_NAME, NonFiniteLossError, Trainer, read_metrics, train
@@ -28,6 +29,17 @@ def test_metrics_config_and_checkpoint_are_written(tmp_path, tiny_npz):
     state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=False)
     assert state["epoch"] == 2 and "queue" in state["method"]
     assert result.final["epoch"] == 2
+
+
+def test_sizes_a_method_fills_from_the_data_are_recorded_in_config_yaml(tmp_path, tiny_npz):
+    """queue_size unset: MoCo picks the largest power of two <= N/2 (256 images -> 128); the
+    method returns it and the trainer writes it into the run's config.yaml."""
+    config = cpu_config(tmp_path / "run", f"npz:{tiny_npz}", epochs=1, queue_size=None)
+    result = train(config, progress=False)
+    assert result.method.resolved_options() == {"queue_size": 128}
+    assert result.method.queue.shape[0] == 128
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method_options"]["queue_size"] == 128
 
 
 def test_resumed_run_reaches_the_same_weights(tmp_path, tiny_npz):

@@ -8,7 +8,6 @@ neighbour picks the query's own other frame out of the remaining queue (cycle-ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,6 +17,7 @@ from matplotlib.figure import Figure
 
 from interlab.augment import to_float
 from interlab.data import ImageSet
+from interlab.lab.plots import show_image
 from interlab.losses import soft_nearest_neighbour
 from interlab.videos import PseudoVideoConfig, VideoIndex, frame_pairs, pseudo_videos
 
@@ -86,7 +86,7 @@ def plot_cycles(cycle: Cycle, data: ImageSet) -> Figure:
     for row in range(rows):
         query = int(cycle.queries[row])  # a frame (or image) index
         title = f"query ({_class(data, query)})\ncycle-back rank {int(cycle.back_rank[row])}"
-        _show(axes[row, 0], data.images[query], title)
+        show_image(axes[row, 0], data.images[query], title, fontsize=7)
         for col in range(top):
             video = int(cycle.neighbour_videos[row, col])
             ax = axes[row, col + 1]
@@ -96,11 +96,12 @@ def plot_cycles(cycle: Cycle, data: ImageSet) -> Figure:
             image = int(first_frames[video])
             same = data.labels[query] >= 0 and bool(data.labels[image] == data.labels[query])
             weight = float(cycle.neighbour_weights[row, col])
-            _show(
+            show_image(
                 ax,
                 data.images[image],
                 f"w={weight:.3f}\n{_class(data, image)}",
                 "green" if same else None,
+                fontsize=7,
             )
     fig.suptitle("soft nearest neighbours among other videos (green: same class)", fontsize=10)
     fig.tight_layout()
@@ -118,29 +119,3 @@ def _first_frames(data: ImageSet) -> torch.Tensor:
 def _class(data: ImageSet, image: int | torch.Tensor) -> str:
     value = int(data.labels[int(image)])
     return data.classes[value] if 0 <= value < len(data.classes) else "?"
-
-
-def _show(ax: Any, image: torch.Tensor, title: str, frame: str | None = None) -> None:
-    ax.imshow(image.cpu().numpy())
-    ax.set_title(title, fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if frame:
-        for spine in ax.spines.values():
-            spine.set(edgecolor=frame, linewidth=3)
-
-
-def cycle_run(sweep_dir: str | Path) -> Path:
-    """The checkpoint of the first finished CycleContrast run of a sweep folder."""
-    import yaml
-
-    from interlab.lab.report import collect_runs
-
-    for row in collect_runs(sweep_dir):
-        run = Path(sweep_dir) / row["run"] / "run"
-        config = run / "config.yaml"
-        if row["state"] != "done" or not (run / "checkpoint.pt").exists() or not config.exists():
-            continue
-        if yaml.safe_load(config.read_text()).get("method") == "cyclecontrast":
-            return run / "checkpoint.pt"
-    raise ValueError(f"no finished cyclecontrast run with a checkpoint in {sweep_dir}")

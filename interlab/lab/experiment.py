@@ -16,7 +16,7 @@ from typing import Any
 from interlab.config import TrainConfig, build_config
 from interlab.data import DATASET_NAMES, DATASET_PREFIXES, load_dataset
 from interlab.devices import device_name, resolve_device
-from interlab.evaluate import evaluate_backbone
+from interlab.evaluate import evaluate_method
 from interlab.methods import METHOD_NAMES
 from interlab.train import TrainResult, train
 
@@ -64,45 +64,37 @@ def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True
     """Train (resuming when a checkpoint exists), evaluate kNN (+ linear probe), write the summary."""
     start = time.perf_counter()
     result = train(config)
-    evaluation = final_evaluation(config, result, linear)
-    return write_experiment_summary(
-        out_dir, config, result, evaluation, time.perf_counter() - start
-    )
-
-
-def final_evaluation(config: TrainConfig, result: TrainResult, linear: bool) -> dict[str, float]:
-    figures = {k: v for k, v in result.final.items() if k.startswith("knn_top1")}
+    scores = final_knn(result)
     if linear:
-        device = resolve_device(config.device)
-        train_set = load_dataset(config.data, "train", root=config.data_root)
-        test_set = load_dataset(config.data, "test", root=config.data_root)
-        aug = result.method.augment.config
-        probe = evaluate_backbone(
-            result.method.backbone,
-            train_set.images,
-            train_set.labels,
-            test_set.images,
-            test_set.labels,
-            train_set.num_classes,
-            knn=False,
-            linear=True,
-            device=device,
-            mean=aug.mean,
-            std=aug.std,
+        scores.update(
+            evaluate_method(
+                result.method,
+                load_dataset(config.data, "train", root=config.data_root),
+                load_dataset(config.data, "test", root=config.data_root),
+                knn=False,
+                linear=True,
+                device=resolve_device(config.device),
+            )
         )
-        figures.update(probe)
-    return figures
+    return write_summary(out_dir, config, result, scores, time.perf_counter() - start)
 
 
-def write_experiment_summary(
+def final_knn(result: TrainResult) -> dict[str, float]:
+    """The kNN scores of the run's last epoch (every protocol it logged)."""
+    return {k: v for k, v in result.final.items() if k.startswith("knn_top1")}
+
+
+def write_summary(
     out_dir: str | Path,
     config: TrainConfig,
     result: TrainResult,
-    evaluation: dict[str, float],
+    scores: dict[str, float],
     wall_time_s: float,
 ) -> dict[str, Any]:
+    """`metrics.json` beside the executed notebook (what sweeps and reports read): the
+    evaluation's scores, the final and per-epoch records, config and device. Returns it."""
     summary = {
-        **evaluation,
+        **scores,
         "final": result.final,
         "per_epoch": result.metrics,
         "method": config.method,

@@ -5,7 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
 from matplotlib.figure import Figure
+
+
+def show_image(
+    ax: Any, image: torch.Tensor, title: str, frame: str | None = None, fontsize: int = 8
+) -> None:
+    """A uint8 (H, W, 3) image in a tile without ticks; `frame` colours its border (a match)."""
+    ax.imshow(np.asarray(image.cpu()))
+    ax.set_title(title, fontsize=fontsize)
+    ax.axis("on")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(frame or "#ccc")
+        spine.set_linewidth(3 if frame else 0.5)
 
 
 def plot_training_curves(

@@ -6,20 +6,15 @@ executes that notebook headless with papermill.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from interlab.config import TrainConfig, build_config
-from interlab.data import load_dataset
-from interlab.devices import device_name, resolve_device, run_precision
-from interlab.evaluate import extract_features, knn_top1
+from interlab.devices import resolve_device
+from interlab.lab.experiment import SUMMARY_NAME, final_knn, write_summary
 from interlab.lab.paths import notebook_path, project_root
-from interlab.methods import build_method
-from interlab.train import TrainResult, train
+from interlab.train import Trainer, train
 
 # CPU: a small ConvNet that visibly learns in minutes on 2 cores (measured on the mini data:
 # kNN 0.30 untrained -> 0.42 after 20 epochs, ~100 s of training); GPU: the CIFAR ResNet-18.
@@ -43,6 +38,18 @@ GPU_SETTINGS = {
 # the MLP head and t=0.2 learn fastest in few epochs, on the GPU the CIFAR-10 recipe's loss.
 MOCO_CPU = {"queue_size": 1024, "temperature": 0.2, "proj_bn": True}
 MOCO_GPU = {"queue_size": 2048, "temperature": 0.1, "symmetric": True, "split_bn": 8}
+# SCFS (06 notebook's small run): learns something in minutes on 2 CPU cores with narrow heads
+# and 4 local crops; on the GPU its own defaults with the CIFAR ResNet-18.
+SCFS_CPU = {
+    "lr": 0.05,
+    "weight_decay": 1e-4,
+    "eval_every": 0,
+    "out_dim": 1024,
+    "head_hidden": 512,
+    "shallow_hidden": 256,
+    "n_local": 4,
+}
+SCFS_GPU = {"batch_size": 256, "lr": 0.1}
 
 
 def quickstart_config(
@@ -67,6 +74,8 @@ def quickstart_config(
         keys.update(MOCO_GPU if on_gpu else MOCO_CPU)
     if method == "cyclecontrast":  # both queues under the mini set's 5,000 items per epoch
         keys.update({"symmetric": False, "cycle_queue_size": 2048, "support_size": 512})
+    if method == "scfs":
+        keys.update(SCFS_GPU if on_gpu else SCFS_CPU)
     if epochs is not None:
         keys["epochs"] = epochs
     keys.update(overrides or {})
@@ -74,59 +83,12 @@ def quickstart_config(
 
 
 def untrained_knn(config: TrainConfig) -> float:
-    """kNN top-1 of the same network, same seed, before any training: the baseline to beat."""
-    device = resolve_device(config.device)
-    train_set = load_dataset(config.data, "train", root=config.data_root).to(device)
-    test_set = load_dataset(config.data, "test", root=config.data_root).to(device)
-    torch.manual_seed(config.seed)
-    method = build_method(config, config.augment_config(train_set.image_size), len(train_set)).to(
-        device
-    )
-    precision = run_precision(config, device)  # features computed as the trained run's
-    method = precision.prepare(method)
-    aug = method.augment.config
-    memory, test = (
-        extract_features(
-            method.backbone, s.images, mean=aug.mean, std=aug.std, device=device,
-            precision=precision,
-        )
-        for s in (train_set, test_set)
-    )  # fmt: skip
-    k = min(config.knn_k, len(memory))
-    return knn_top1(
-        memory,
-        train_set.labels,
-        test,
-        test_set.labels,
-        train_set.num_classes,
-        k=k,
-        temperature=config.knn_temperature,
-    )
+    """kNN top-1 of the same network, same seed, before any training: the baseline to beat.
 
-
-def write_summary(
-    out_dir: str | Path,
-    config: TrainConfig,
-    result: TrainResult,
-    untrained: float,
-    wall_time_s: float,
-) -> Path:
-    """`metrics.json` beside the executed notebook: final and per-epoch figures, config, device."""
-    path = Path(out_dir) / "metrics.json"
-    summary = {
-        **{k: v for k, v in result.final.items() if k.startswith("knn_top1")},
-        "knn_top1_untrained": untrained,
-        "method": config.method,
-        "dataset": config.data,
-        "epochs": config.epochs,
-        "device": device_name(config.device),
-        "wall_time_s": wall_time_s,
-        "per_epoch": result.metrics,
-        "config": config.to_dict(),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2, default=list))
-    return path
+    The trainer's own set-up and evaluation, stopped before the first step.
+    """
+    trainer = Trainer(config, progress=False)
+    return trainer.knn_accuracy()["knn_top1"]
 
 
 def run_quickstart(config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -134,8 +96,9 @@ def run_quickstart(config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     untrained = untrained_knn(config)
     result = train(config, resume=False)
-    path = write_summary(out_dir, config, result, untrained, time.perf_counter() - start)
-    return {"summary_path": path, "result": result, **json.loads(path.read_text())}
+    scores = {**final_knn(result), "knn_top1_untrained": untrained}
+    summary = write_summary(out_dir, config, result, scores, time.perf_counter() - start)
+    return {"summary_path": Path(out_dir) / SUMMARY_NAME, "result": result, **summary}
 
 
 def execute_quickstart_notebook(

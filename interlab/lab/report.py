@@ -16,7 +16,7 @@ import yaml
 
 from interlab.lab.sweep import STATUS_NAME, read_status
 
-FIGURES = (
+METRIC_KEYS = (
     "knn_top1",
     "knn_top1_head",
     "linear_top1",
@@ -32,11 +32,11 @@ FIGURES = (
 PROTOCOL_PREFIX = "knn_top1_k"  # kNN under a published protocol, e.g. knn_top1_k20_t0.07
 
 
-def figure_keys(summary: dict[str, Any]) -> list[str]:
+def metric_keys(summary: dict[str, Any]) -> list[str]:
     """The figures a run summary reports: the fixed list, then any extra kNN protocols."""
     final = summary.get("final", {})
     protocols = sorted(k for k in {*summary, *final} if k.startswith(PROTOCOL_PREFIX))
-    return [*FIGURES[:2], *protocols, *FIGURES[2:]]
+    return [*METRIC_KEYS[:2], *protocols, *METRIC_KEYS[2:]]
 
 
 def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -52,6 +52,37 @@ def collect_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not any(row["state"] != "missing" for row in rows):
         raise ValueError(f"{sweep_dir} holds no finished or failed runs (no */{STATUS_NAME})")
     return rows
+
+
+def finished_checkpoint(sweep_dir: str | Path, *settings: str, method: str | None = None) -> Path:
+    """The checkpoint of a finished run of the sweep (of `method` when given).
+
+    `settings` are tried in order; each names a setting or its first grid values
+    (`neg_sampling=semihard` matches `neg_sampling=semihard,pool_share=0.3`). None given, or
+    none found: the first finished run.
+    """
+    finished = []
+    for row in collect_runs(sweep_dir):
+        run = Path(sweep_dir) / row["run"] / "run"
+        if row["state"] != "done" or not (run / "checkpoint.pt").exists():
+            continue
+        if method is not None and run_method(run) != method:
+            continue
+        finished.append((f"{row['setting']},", run / "checkpoint.pt"))
+    for setting in settings:
+        for name, checkpoint in finished:
+            if name.startswith(f"{setting},"):
+                return checkpoint
+    if finished:
+        return finished[0][1]
+    kind = f"{method} " if method else ""
+    raise ValueError(f"no finished {kind}run with a checkpoint in {sweep_dir}")
+
+
+def run_method(run: Path) -> str | None:
+    """The method a run folder trained, from its config.yaml (None without one)."""
+    config = run / "config.yaml"
+    return yaml.safe_load(config.read_text()).get("method") if config.exists() else None
 
 
 def listed_order(sweep_dir: Path) -> dict[str, int]:
@@ -76,7 +107,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if row["state"] == "done" and metrics_path.exists():
         summary = json.loads(metrics_path.read_text())
         final = summary.get("final", {})
-        for key in figure_keys(summary):
+        for key in metric_keys(summary):
             value = summary.get(key, final.get(key))
             if isinstance(value, (int, float)):
                 row[key] = float(value)
@@ -86,10 +117,10 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
-def ordered_figures(rows: list[dict[str, Any]]) -> list[str]:
+def ordered_metrics(rows: list[dict[str, Any]]) -> list[str]:
     """Every figure key that any of the rows holds, in report order."""
     held = {key for row in rows for key in row}
-    return [key for key in figure_keys(dict.fromkeys(held)) if key in held]
+    return [key for key in metric_keys(dict.fromkeys(held)) if key in held]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,7 +135,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "failed": sum(r["state"] == "failed" for r in runs),
             "missing": sum(r["state"] == "missing" for r in runs),
         }
-        for key in ordered_figures(runs):
+        for key in ordered_metrics(runs):
             values = [r[key] for r in done if key in r]
             if values:
                 line[f"{key}_mean"] = statistics.fmean(values)
@@ -115,7 +146,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown_table(lines: list[dict[str, Any]]) -> str:
     keys = dict.fromkeys(k[: -len("_mean")] for line in lines for k in line if k.endswith("_mean"))
-    shown = [key for key in figure_keys(dict.fromkeys(keys)) if key in keys]
+    shown = [key for key in metric_keys(dict.fromkeys(keys)) if key in keys]
     counts = ["seeds", "failed"] + (["missing"] if any(line["missing"] for line in lines) else [])
     columns = ["setting", *counts, *shown]
     body = []

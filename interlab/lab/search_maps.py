@@ -20,20 +20,6 @@ from matplotlib.patches import Rectangle
 from interlab.data import ImageSet, load_dataset
 from interlab.lab.paths import in_project
 
-# Small enough to learn something in minutes on 2 CPU cores: a ConvNet, narrow heads, 4 locals.
-CPU_SETTINGS = {
-    "backbone": "convnet",
-    "cifar_stem": False,
-    "batch_size": 256,
-    "lr": 0.05,
-    "weight_decay": 1e-4,
-    "eval_every": 0,
-    "out_dim": 1024,
-    "head_hidden": 512,
-    "shallow_hidden": 256,
-    "n_local": 4,
-}
-GPU_SETTINGS = {"backbone": "resnet18", "cifar_stem": True, "batch_size": 256, "lr": 0.1}
 CROP_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
 
 
@@ -47,21 +33,18 @@ def scfs_run(
     """(run folder, trained scfs method in eval mode on the CPU, its training images).
 
     An empty `run_dir` trains a small run into `out_dir/run` first (resumed if it is there),
-    with CPU settings (ConvNet, narrow heads) or, on a GPU, the CIFAR ResNet-18.
+    with the quickstart's settings for the device (on a CPU a ConvNet and narrow heads).
     """
-    from interlab.config import build_config
-    from interlab.train import load_trained, resolve_device, train
+    from interlab.lab.quickstart import quickstart_config
+    from interlab.train import load_trained, train
 
     if run_dir:
         path = in_project(run_dir)
         if not (path / "checkpoint.pt").exists():
             raise ValueError(f"{path} has no checkpoint.pt; give a run folder of `interlab train`")
     else:
-        on_gpu = resolve_device(device).type == "cuda"
-        keys = {"method": "scfs", "data": dataset, "epochs": epochs, "device": device}
-        keys.update(GPU_SETTINGS if on_gpu else CPU_SETTINGS)
-        keys["out"] = str(in_project(out_dir) / "run")
-        path = train(build_config(keys), progress=False).out
+        config = quickstart_config("scfs", dataset, epochs, device, str(in_project(out_dir)))
+        path = train(config, progress=False).out
     config, method = load_trained(path / "checkpoint.pt", device="cpu")
     if config.method != "scfs":
         raise ValueError(f"{path} is a {config.method} run; the search maps need an scfs run")

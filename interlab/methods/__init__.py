@@ -1,8 +1,13 @@
-"""Method registry: name -> class. Methods compose shared pieces; shared pieces never import them."""
+"""Method registry: name -> class.
+
+Methods compose the core's shared pieces and never import `interlab.config`: a method gets its
+options, a `MethodSetup` (batch size, epochs, seed, data size, backbone builder) and the
+augmentation. `config` imports this registry to check each method's options.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 from typing import Any
 
 from interlab.augment import AugmentConfig
@@ -19,10 +24,9 @@ METHOD_NAMES = tuple(METHOD_MODULES)
 
 
 def method_class(name: str) -> type:
+    """The class of method `name`; imported on first use so the registry stays light."""
     if name not in METHOD_MODULES:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHOD_NAMES)}")
-    import importlib
-
     module_name, class_name = METHOD_MODULES[name]
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -32,14 +36,23 @@ def method_options_class(name: str) -> type:
 
 
 def build_method(config: Any, augment: AugmentConfig, num_samples: int = 0) -> Any:
-    """Instantiate `config.method` with its checked options for a training set of `num_samples`."""
+    """Instantiate `config.method` (a TrainConfig) for a training set of `num_samples`.
+
+    The method receives its checked options and a `MethodSetup` cut from the config, never the
+    config itself; the sizes it fills from the data are in `method.resolved_options()`.
+    """
     from interlab.devices import resolve_auto_backbone
+    from interlab.methods.base import MethodSetup
 
     resolve_auto_backbone(config)
     cls = method_class(config.method)
-    options = cls.options_class(**config.method_options)
-    return cls(config, options, augment, num_samples)
-
-
-def method_defaults(name: str) -> dict[str, Any]:
-    return dataclasses.asdict(method_options_class(name)())
+    setup = MethodSetup(
+        backbone=config.backbone,
+        cifar_stem=config.cifar_stem,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        seed=config.seed,
+        num_samples=num_samples,
+        augment_keys_set=frozenset(config.augment),
+    )
+    return cls(setup, cls.options_class(**config.method_options), augment)

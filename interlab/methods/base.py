@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from interlab.augment import Augment, AugmentConfig
-from interlab.config import TrainConfig
 from interlab.data import ImageSet
 from interlab.devices import Precision, full_precision
 from interlab.nets import MLPHead, build_backbone
@@ -47,9 +46,31 @@ class ProjectionOptions:
             raise ValueError(f"temperature must be > 0; got {self.temperature}")
 
 
-def build_encoder(config: TrainConfig, options: ProjectionOptions) -> Encoder:
-    """The configured backbone with the options' projection head."""
-    backbone = build_backbone(config.backbone, cifar_stem=config.cifar_stem)
+@dataclass(frozen=True)
+class MethodSetup:
+    """What a method takes from its run, and no more (methods never see the whole TrainConfig).
+
+    The backbone to build, the per-process batch size (queue checks), the number of epochs
+    (schedules), the seed (k-means), the training-set size (banks, queue scaling) and which
+    augmentation keys the user set explicitly (a method may refuse one it overrides).
+    """
+
+    backbone: str = "convnet"
+    cifar_stem: bool = False
+    batch_size: int = 256
+    epochs: int = 1
+    seed: int = 0
+    num_samples: int = 0
+    augment_keys_set: frozenset[str] = field(default_factory=frozenset)
+
+    def build_backbone(self) -> nn.Module:
+        """A fresh, randomly initialised backbone of the run's kind."""
+        return build_backbone(self.backbone, cifar_stem=self.cifar_stem)
+
+
+def build_encoder(setup: MethodSetup, options: ProjectionOptions) -> Encoder:
+    """The run's backbone with the options' projection head."""
+    backbone = setup.build_backbone()
     hidden = options.proj_hidden or backbone.feature_dim
     head = MLPHead(
         backbone.feature_dim,
@@ -74,16 +95,19 @@ class Method(nn.Module):
     name: ClassVar[str]
     options_class: ClassVar[type]
 
-    def __init__(
-        self, config: TrainConfig, options: Any, augment: AugmentConfig, num_samples: int = 0
-    ) -> None:
+    def __init__(self, setup: MethodSetup, options: Any, augment: AugmentConfig) -> None:
         super().__init__()
-        self.config = config
-        self.num_samples = num_samples  # training-set size (memory banks need it)
+        self.setup = setup
         self.options = options
+        self.resolved_sizes: dict[str, Any] = {}  # option values filled from the data size
         self.augment = Augment(augment)
         self.generator: torch.Generator | None = None  # set by the trainer, checkpointed there
         self.precision: Precision = full_precision("cpu")  # the trainer sets the run's policy
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Options left unset (None) and filled from the training-set size, with the values
+        used; the trainer records them in the run's config.yaml."""
+        return dict(self.resolved_sizes)
 
     @property
     def backbone(self) -> nn.Module:

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from interlab.augment import AugmentConfig
-from interlab.config import TrainConfig
 from interlab.data import ImageSet
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import cycle_loss, info_nce
+from interlab.methods.base import MethodSetup
 from interlab.methods.moco import MoCo, MoCoOptions, fifo_write, scaled_queue
 from interlab.nets import MLPHead, make_momentum_copy, momentum_update
 from interlab.videos import PseudoVideoConfig, VideoIndex, frame_pairs
@@ -107,18 +107,17 @@ class CycleContrast(MoCo):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: CycleContrastOptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
-        _check_queues_shorter_than_an_epoch(options, num_samples)
-        if config.batch_size * world_size() > options.cycle_queue_size - options.support_size:
+        super().__init__(setup, options, augment)
+        _check_queues_shorter_than_an_epoch(options, setup.num_samples)
+        if setup.batch_size * world_size() > options.cycle_queue_size - options.support_size:
             raise ValueError(
                 f"the cycle negatives (cycle_queue_size - support_size = "
                 f"{options.cycle_queue_size - options.support_size}) must hold at least one "
-                f"step's keys ({config.batch_size * world_size()})"
+                f"step's keys ({setup.batch_size * world_size()})"
             )
         self.pseudo_video = options.pseudo_video_config()
         width = self.encoder.backbone.feature_dim
@@ -206,13 +205,13 @@ class CycleContrast(MoCo):
         )
         loss_cycle, weights, support = self.cycle_branch(y, kc_b, videos)
         loss = loss_intra + self.options.cycle_weight * loss_cycle
-        figures = self.cycle_figures(weights, support, indices)
+        metrics = self.cycle_diagnostics(weights, support, indices)
         self.enqueue_all(k_a, kc_a, videos, self.labels_of(indices))
         return {
             "loss": loss,
             "loss_intra": loss_intra.detach(),
             "loss_cycle": loss_cycle.detach(),
-            **figures,
+            **metrics,
         }
 
     def own_video(self, videos: Tensor, queued: Tensor) -> Tensor | None:
@@ -246,7 +245,9 @@ class CycleContrast(MoCo):
         return self.item_labels[indices]
 
     @torch.no_grad()
-    def cycle_figures(self, weights: Tensor, support: Tensor, indices: Tensor) -> dict[str, Tensor]:
+    def cycle_diagnostics(
+        self, weights: Tensor, support: Tensor, indices: Tensor
+    ) -> dict[str, Tensor]:
         """How the forward step behaves: weight entropy and whether the top neighbour shares
         the query's class (only where both classes are known; labels never train anything)."""
         entropy = -(weights * weights.clamp_min(1e-12).log()).sum(dim=1).mean()
@@ -258,7 +259,7 @@ class CycleContrast(MoCo):
 
     @torch.no_grad()
     def enqueue_all(self, k_a: Tensor, kc_a: Tensor, videos: Tensor, labels: Tensor) -> None:
-        """Frame a's key crop enters both queues with its video id (and class, for figures)."""
+        """Frame a's key crop enters both queues with its video id (and class, for metrics)."""
         k_a, kc_a = gather_cat(k_a), gather_cat(kc_a)
         videos, labels = gather_cat(videos), gather_cat(labels)
         fifo_write([self.queue, self.queue_videos], [k_a, videos], self.queue_ptr)

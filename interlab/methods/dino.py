@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from interlab.augment import AugmentConfig, multi_crop
-from interlab.config import TrainConfig
 from interlab.distill import (
     DINOHead,
     HeadEmbedding,
@@ -30,8 +29,8 @@ from interlab.distill import (
     soft_cross_entropy,
     teacher_temperature,
 )
-from interlab.methods.base import Method
-from interlab.nets import build_backbone, make_momentum_copy, momentum_update
+from interlab.methods.base import Method, MethodSetup
+from interlab.nets import make_momentum_copy, momentum_update
 
 N_GLOBAL = 2  # global crops; the teacher sees only these
 
@@ -105,16 +104,15 @@ class DINO(Method):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: DINOOptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
-        if "scale" in config.augment:
+        super().__init__(setup, options, augment)
+        if "scale" in setup.augment_keys_set:
             raise ValueError(
                 f"{self.name} sets its crop areas with global_scale / local_scale; "
-                f"aug.scale={list(config.augment['scale'])} would be ignored, so it is refused"
+                f"aug.scale={list(augment.scale)} would be ignored, so it is refused"
             )
         self.global_augment = dataclasses.replace(augment, scale=options.global_scale)
         self.local_augment = dataclasses.replace(
@@ -123,13 +121,13 @@ class DINO(Method):
         self.student = self.build_student()
         self.teacher = make_momentum_copy(self.student)
         self.register_buffer("center", torch.zeros(1, options.out_dim))
-        self.warmup_epochs = scaled_warmup(options.teacher_temp_warmup_epochs, config.epochs)
+        self.warmup_epochs = scaled_warmup(options.teacher_temp_warmup_epochs, setup.epochs)
         self.on_epoch_start(0)
 
     def build_student(self) -> nn.ModuleDict:
         """Backbone + DINO head; subclasses add modules here so the teacher copy holds them too."""
         o = self.options
-        backbone = build_backbone(self.config.backbone, cifar_stem=self.config.cifar_stem)
+        backbone = self.setup.build_backbone()
         head = DINOHead(
             backbone.feature_dim, o.out_dim, o.head_hidden, o.head_bottleneck, o.head_layers
         )

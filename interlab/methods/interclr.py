@@ -25,12 +25,12 @@ from torch import Tensor
 
 from interlab.augment import AugmentConfig
 from interlab.cluster import BACKENDS, cluster_scores, kmeans
-from interlab.config import TrainConfig
 from interlab.data import ImageSet
 from interlab.distributed import gather_cat
-from interlab.evaluate import extract_features
+from interlab.features import extract_features
 from interlab.losses import MARGIN_KINDS, margin_nce
 from interlab.memory import MemoryBank
+from interlab.methods.base import MethodSetup
 from interlab.methods.moco import MoCo, MoCoOptions
 from interlab.sampling import (
     NEGATIVE_STRATEGIES,
@@ -154,14 +154,13 @@ class InterCLR(MoCo):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: InterCLROptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
+        super().__init__(setup, options, augment)
         self.memory = MemoryBank(
-            num_samples, options.proj_dim, options.num_clusters, options.bank_momentum
+            setup.num_samples, options.proj_dim, options.num_clusters, options.bank_momentum
         )
         self.register_buffer("bank_steps", torch.zeros((), dtype=torch.long))
         self.inter_active = options.inter_warmup_epochs == 0
@@ -178,7 +177,7 @@ class InterCLR(MoCo):
         self.train_images = train_set.images
         self.true_labels = train_set.labels if train_set.has_labels else None
         if not bool(self.memory.ready):  # a resumed run keeps its checkpointed bank
-            features, labels = self.cluster_training_set(seed=self.config.seed)
+            features, labels = self.cluster_training_set(seed=self.setup.seed)
             self.memory.initialize(features, labels)
             if self.options.online_labels:  # an untrained net's k-means can be very unbalanced
                 self.memory.fix_small_clusters(self.options.min_cluster)
@@ -213,11 +212,11 @@ class InterCLR(MoCo):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         offline = not self.options.online_labels
-        if offline and epoch % self.options.recluster_every == 0 and epoch < self.config.epochs:
-            _, labels = self.cluster_training_set(seed=self.config.seed + epoch)
+        if offline and epoch % self.options.recluster_every == 0 and epoch < self.setup.epochs:
+            _, labels = self.cluster_training_set(seed=self.setup.seed + epoch)
             self.memory.assign_all(labels)  # labels only: the bank keeps its features
             self.memory.refresh_centroids()
-        return {**self.cluster_figures(), **self.sampler_false_negatives()}
+        return {**self.bank_cluster_metrics(), **self.sampler_false_negatives()}
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """The bank as explorers replay it: float16 features, int32 labels, centroids."""
@@ -227,17 +226,17 @@ class InterCLR(MoCo):
             "centroids": self.memory.centroids.float().cpu().numpy(),
         }
 
-    def cluster_figures(self) -> dict[str, float]:
+    def bank_cluster_metrics(self) -> dict[str, float]:
         """Cluster sizes and, when true labels exist, NMI / ARI / purity of the pseudo-labels."""
         sizes = self.memory.cluster_sizes().float()
-        figures = {
+        metrics = {
             "cluster_size_min": sizes.min().item(),
             "cluster_size_median": sizes.median().item(),
             "cluster_size_max": sizes.max().item(),
         }
         if self.true_labels is not None:
-            figures.update(cluster_scores(self.true_labels, self.memory.labels))
-        return figures
+            metrics.update(cluster_scores(self.true_labels, self.memory.labels))
+        return metrics
 
     @torch.no_grad()
     def sampler_false_negatives(self) -> dict[str, float]:
@@ -251,19 +250,19 @@ class InterCLR(MoCo):
         if self.true_labels is None or count == 0:
             return {}
         device = self.memory.features.device
-        generator = torch.Generator(device=device).manual_seed(self.config.seed)
+        generator = torch.Generator(device=device).manual_seed(self.setup.seed)
         indices = torch.randperm(self.memory.size, generator=generator, device=device)[:count]
         queries = self.memory.features[indices]
         o = self.options
-        figures = {}
+        metrics = {}
         for strategy in NEGATIVE_STRATEGIES:
             drawn = sample_negatives(
                 self.memory, queries, indices, strategy, o.num_negatives, o.pool, generator
             )
-            figures[f"fnr_{strategy}"] = float(
+            metrics[f"fnr_{strategy}"] = float(
                 false_negative_share(self.true_labels, indices, drawn)
             )
-        return figures
+        return metrics
 
     # ---- one step ----------------------------------------------------------------------------
     def contrast(self, query: Tensor, key: Tensor) -> Tensor:

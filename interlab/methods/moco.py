@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from interlab.augment import AugmentConfig
-from interlab.config import TrainConfig
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import info_nce
-from interlab.methods.base import Method, ProjectionOptions, build_encoder
+from interlab.methods.base import Method, MethodSetup, ProjectionOptions, build_encoder
 from interlab.nets import convert_split_batchnorm, make_momentum_copy, momentum_update
 
 
@@ -63,21 +62,19 @@ class MoCo(Method):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: MoCoOptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
-        # config.yaml records the sizes actually used
-        config.method_options.update(options.scaled_to(num_samples))
-        keys_per_step = config.batch_size * world_size() * (2 if options.symmetric else 1)
+        super().__init__(setup, options, augment)
+        self.resolved_sizes = options.scaled_to(setup.num_samples)
+        keys_per_step = setup.batch_size * world_size() * (2 if options.symmetric else 1)
         if keys_per_step > options.queue_size:
             raise ValueError(
                 f"queue_size={options.queue_size} is smaller than the keys enqueued per step "
                 f"({keys_per_step}); use a larger queue or a smaller batch"
             )
-        self.encoder = build_encoder(config, options)
+        self.encoder = build_encoder(setup, options)
         if options.split_bn > 1 and world_size() == 1:
             convert_split_batchnorm(self.encoder, options.split_bn)
         self.key_encoder = make_momentum_copy(self.encoder)

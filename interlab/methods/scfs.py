@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from interlab.augment import Augment, AugmentConfig, to_float
-from interlab.config import TrainConfig
 from interlab.distill import (
     ShallowHead,
     cosine_pair_loss,
@@ -40,6 +39,7 @@ from interlab.distill import (
     sharpen,
     soft_cross_entropy,
 )
+from interlab.methods.base import MethodSetup
 from interlab.methods.dino import DINO, N_GLOBAL, DINOOptions, NetworkPass
 from interlab.nets import stage_maps, stage_modules
 
@@ -94,12 +94,11 @@ class SCFS(DINO):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: SCFSOptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
+        super().__init__(setup, options, augment)
         layers = options.layers if options.per_layer_heads else ()
         for layer in layers:  # buffers: every centre is checkpointed
             self.register_buffer(f"center_layer{layer}", torch.zeros(1, options.shallow_dim))
@@ -133,8 +132,8 @@ class SCFS(DINO):
 
     def layer_channels(self, backbone: nn.Module) -> dict[int, int]:
         """Channels of each searched layer; refuses maps under 2x2 for the local crops."""
-        config = self.config
-        imagenet_stem = config.backbone.startswith("resnet") and not config.cifar_stem
+        setup = self.setup
+        imagenet_stem = setup.backbone.startswith("resnet") and not setup.cifar_stem
         if imagenet_stem and self.global_augment.size <= 32:
             raise ValueError(
                 "SCFS requires the cifar stem at 32 px (set cifar_stem=true): with the "
@@ -149,7 +148,7 @@ class SCFS(DINO):
         if small:
             raise ValueError(
                 f"local crops of {size} px give maps smaller than 2x2 at {small} "
-                f"({config.backbone}); use a larger local_size or other layers"
+                f"({setup.backbone}); use a larger local_size or other layers"
             )
         return {layer: m.shape[1] for layer, m in maps.items()}
 

@@ -8,10 +8,9 @@ import torch
 from torch import Tensor
 
 from interlab.augment import AugmentConfig
-from interlab.config import TrainConfig
 from interlab.distributed import gather_cat_with_grad
 from interlab.losses import nt_xent
-from interlab.methods.base import Method, ProjectionOptions, build_encoder
+from interlab.methods.base import Method, MethodSetup, ProjectionOptions, build_encoder
 
 
 @dataclass
@@ -29,13 +28,12 @@ class SimCLR(Method):
 
     def __init__(
         self,
-        config: TrainConfig,
+        setup: MethodSetup,
         options: SimCLROptions,
         augment: AugmentConfig,
-        num_samples: int = 0,
     ) -> None:
-        super().__init__(config, options, augment, num_samples)
-        self.encoder = build_encoder(config, options)
+        super().__init__(setup, options, augment)
+        self.encoder = build_encoder(setup, options)
 
     @property
     def backbone(self) -> torch.nn.Module:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from interlab.cluster import cluster_scores
 from interlab.lab.explore.display import redraw, show_with_static
-from interlab.lab.explore.negatives import show_image
+from interlab.lab.plots import show_image
 from interlab.snapshots import SNAPSHOT_DIR, list_snapshots, load_snapshot
 
 

@@ -94,7 +94,7 @@ def draw_margin_figure(
 class MarginExplorer:
     """Sliders for margin, temperature and kind over a trained model's positive/negative cosines.
 
-    `positives` / `negatives` are cosine samples (e.g. from `interlab.lab.studies.inter_logits`).
+    `positives` / `negatives` are cosine samples (e.g. from `interlab.lab.probes.inter_logits`).
     `show()` displays the widgets (live in JupyterLab) and a static figure of the initial
     settings, so a headless execution still shows the picture.
     """

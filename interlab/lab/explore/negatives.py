@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from interlab.lab.explore.display import redraw, show_with_static
-from interlab.lab.studies import (
+from interlab.lab.plots import show_image
+from interlab.lab.probes import (
     draw_negatives,
     false_negative_rates,
     negative_similarities,
@@ -138,14 +138,3 @@ class NegativeExplorer:
 
     def show(self) -> None:
         show_with_static(self.widget, [self.figure, lambda: self.pool_figure()[0]])
-
-
-def show_image(ax: Any, image: torch.Tensor, title: str, frame: str | None = None) -> None:
-    ax.imshow(np.asarray(image.cpu()))
-    ax.set_title(title, fontsize=8)
-    ax.axis("on")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_edgecolor(frame or "#ccc")
-        spine.set_linewidth(3 if frame else 0.5)

@@ -1,0 +1,111 @@
+"""Frozen features of a whole image set: the one extraction loop evaluation and methods share.
+
+InterCLR embeds its training set for k-means with it, evaluation embeds train and test sets
+for kNN and probes, the studies embed query images: each as the network trained (the run's
+precision policy), in eval mode, L2-normalised, batch by batch into one preallocated tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, to_float
+from interlab.devices import Precision, full_precision
+
+# Defaults for callers without an augmentation config; callers that have one pass its
+# mean/std so features see images normalised exactly like training did.
+DEFAULT_MEAN: tuple[float, float, float] = CIFAR10_MEAN
+DEFAULT_STD: tuple[float, float, float] = CIFAR10_STD
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    images: Tensor,
+    batch_size: int = 512,
+    mean: Sequence[float] = DEFAULT_MEAN,
+    std: Sequence[float] = DEFAULT_STD,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    precision: Precision | None = None,
+) -> Tensor:
+    """L2-normalised float32 features (N, D) of uint8 NHWC `images`, computed on `device`.
+
+    `device` defaults to the backbone's; the backbone must already live there (moving it
+    would silently change the caller's model). The backbone runs in eval mode and every
+    submodule gets its previous train/eval mode back afterwards. `precision` is the run's
+    policy (autocast, memory format), so features are computed as the network trained;
+    None = fp32.
+    """
+    _check_uint8_images(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = _compute_device(backbone, device)
+    precision = precision or full_precision(device)
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    try:
+        return _features_in_batches(
+            backbone, images, batch_size, mean, std, device, precision, progress
+        )
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _features_in_batches(
+    backbone: nn.Module,
+    images: Tensor,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    precision: Precision,
+    progress: bool = True,
+) -> Tensor:
+    """Fill a preallocated (N, D) tensor batch by batch (no N-sized concatenation copy)."""
+    features: Tensor | None = None
+    count = images.shape[0]
+    for start in tqdm(
+        range(0, count, batch_size), desc="features", leave=False, disable=not progress
+    ):
+        batch = to_float(
+            images[start : start + batch_size].to(device, non_blocking=True), mean, std
+        )
+        with precision.autocast():
+            output = backbone(precision.images(batch))
+        output = F.normalize(output.float().flatten(1), dim=1)
+        if features is None:
+            features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
+        features[start : start + output.shape[0]] = output
+    return features
+
+
+def _check_uint8_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (N=0); expected at least one image")
+
+
+def _compute_device(backbone: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The requested device, else the backbone's; a backbone elsewhere is a caller error."""
+    first = next(iter(backbone.parameters()), None)
+    model_device = first.device if first is not None else torch.device("cpu")
+    if device is None:
+        return model_device
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if first is not None and model_device != device:
+        raise ValueError(f"backbone is on {model_device} but device={device}; move it there first")
+    return device
