@@ -24,6 +24,24 @@ TRAIN_FLAGS = {
 }
 
 
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """`--set a=1 b=2` and `--set a=1 --set b=2` alike (mmcv's `--cfg-options` style).
+
+    The pairs run up to the next flag, so a positional argument would be read as one more
+    pair: put it before `--set`, or end the pairs with `--`.
+    """
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config, augmentation (aug.*) or method key; several pairs after one --set "
+        "(--set lr=0.1 queue_size=1024) and repeated --set both work",
+    )
+
+
 def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train", help="train a method; resumes from OUT/checkpoint.pt if present"
@@ -40,14 +58,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run folder (default runs/default)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config, augmentation (aug.*) or method key; repeatable",
-    )
+    add_set_option(p)
     p.add_argument(
         "--no-resume",
         dest="resume",
@@ -177,14 +188,15 @@ def run_quickstart(args: argparse.Namespace) -> int:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from interlab.lab.experiment import check_training_run
+    from interlab.lab.grids import load_sweep
     from interlab.lab.report import write_report
-    from interlab.lab.sweep import SweepInterrupted, load_sweep, run_sweep
+    from interlab.lab.sweep import SweepInterrupted, run_sweep
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
-    sweep = load_sweep(
-        args.grid, small=args.small, seeds=args.seeds
-    )  # every run checked before any starts
+    # every run checked before any starts; train.ipynb runs also by the config they build
+    sweep = load_sweep(args.grid, small=args.small, seeds=args.seeds, check_run=check_training_run)
     out = Path(
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )
@@ -214,14 +226,18 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_eval_parser(commands)
     add_quickstart_parser(commands)
     add_sweep_parsers(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     runners = {
         "train": run_train,
         "eval": run_eval,

@@ -1,6 +1,9 @@
 import json
 
-from interlab.cli import main
+import pytest
+
+from interlab.cli import build_parser, collect_train_overrides, main
+from interlab.config import build_config
 
 
 def train_args(out, data, *extra):
@@ -72,3 +75,25 @@ def test_unknown_method_key_and_value_exit_2_with_choices(tmp_path, capsys):
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--set", "lr=0.1", "queue_size=1024"],
+        ["--set", "lr=0.1", "--set", "queue_size=1024"],
+        ["--set", "lr=0.1", "queue_size=1024", "--epochs", "3"],
+    ],
+    ids=["pairs-after-one-flag", "repeated-flags", "pairs-then-another-flag"],
+)
+def test_set_takes_several_pairs_or_repeated_flags(flags):
+    args = build_parser().parse_args(["train", "--method", "moco", *flags])
+    overrides = collect_train_overrides(args)
+    assert overrides["lr"] == 0.1 and overrides["queue_size"] == 1024
+    config = build_config(overrides)
+    assert config.lr == 0.1 and config.method_options["queue_size"] == 1024
+
+
+def test_set_pair_without_a_value_is_named(tmp_path, capsys):
+    assert main(["train", "--set", "lr", "--out", str(tmp_path)]) == 2
+    assert "--set expects key=value; got 'lr'" in capsys.readouterr().err

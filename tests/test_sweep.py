@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from interlab.cli import main
+from interlab.lab.experiment import check_training_run
+from interlab.lab.notebook_params import declared_parameters
 from interlab.lab.report import collect_runs, summarise, write_report
 from interlab.lab.sweep import load_sweep, run_sweep, sweep_from_spec
 
@@ -149,7 +151,41 @@ def test_bad_grids_are_rejected_before_anything_runs(toy_notebook, tmp_path, cha
 def test_train_template_values_are_checked_like_a_run(base, message):
     spec = {"notebook": str(TRAIN_NOTEBOOK), "base": base, "grid": {"seed": [0]}}
     with pytest.raises(ValueError, match=message):
-        sweep_from_spec(spec)
+        sweep_from_spec(spec, check_run=check_training_run)
+
+
+def test_check_run_gets_the_notebook_defaults_under_each_run(toy_notebook, tmp_path):
+    seen = []
+    sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [3]}), check_run=seen.append)
+    (parameters,) = seen
+    assert parameters["a"] == 3 and parameters["b"] == 0.5 and parameters["limit"] is None
+    assert parameters["extra"] == {"x": 1}
+
+
+def test_the_generic_sweep_modules_leave_training_to_the_caller():
+    """grids, notebook_params and sweep import no training code; check_run brings it in."""
+    from interlab.lab import grids, notebook_params, sweep
+    from tests.test_layers import imported_names
+
+    training = ("interlab.lab.experiment", "interlab.train", "interlab.methods", "torch")
+    for module in (grids, notebook_params, sweep):
+        names = imported_names(Path(module.__file__), module.__name__)
+        found = sorted(n for n in names if n.startswith(training))
+        assert not found, f"{module.__name__} imports {found}"
+    spec = {"notebook": str(TRAIN_NOTEBOOK), "base": {"method": "mocco"}, "grid": {"seed": [0]}}
+    assert sweep_from_spec(spec).runs  # no check_run: the generic runner does not judge it
+
+
+def test_declared_parameters_use_papermill_and_keep_what_it_drops(toy_notebook):
+    declared = declared_parameters(toy_notebook)
+    assert list(declared)[:3] == ["a", "b", "seed"]  # the cell's order
+    assert declared["a"].type_name == "int" and declared["a"].default == 1
+    assert declared["extra"].default == {"x": 1} and declared["extra"].type_name == "dict"
+    limit = declared["limit"]  # papermill drops `int | None` lines; ast supplies them
+    assert (limit.type_name, limit.optional, limit.default) == ("int", True, None)
+    train = declared_parameters(TRAIN_NOTEBOOK)
+    assert "moco" in train["method"].help  # papermill's help: the line's comment
+    assert train["overrides"].default["queue_size"] == 1024
 
 
 def test_shipped_grids_load_in_both_forms():
@@ -179,6 +215,12 @@ def test_cli_sweep_and_report(toy_notebook, tmp_path, capsys):
     bad.write_text(yaml.safe_dump(toy_spec(toy_notebook, tmp_path, grid={"c": [1]})))
     assert main(["sweep", str(bad), "--out", str(tmp_path / "bad")]) == 2
     assert "declares no parameter 'c'" in capsys.readouterr().err
+    train_grid = tmp_path / "train.yaml"
+    spec = {"notebook": str(TRAIN_NOTEBOOK), "base": {"method": "mocco"}, "grid": {"seed": [0]}}
+    train_grid.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(train_grid), "--out", str(tmp_path / "train")]) == 2
+    assert "unknown method 'mocco'" in capsys.readouterr().err  # the CLI's training check
+    assert not (tmp_path / "train").exists()  # refused before anything ran
 
 
 def test_train_template_runs_headless_through_a_sweep(tmp_path, tiny_npz):

@@ -60,6 +60,26 @@ def experiment_config(
     return build_config(keys)
 
 
+def check_training_run(parameters: dict[str, Any]) -> None:
+    """A sweep's `check_run` for `train.ipynb`: build each run's config the way the run will.
+
+    So a bad method, dataset or override key fails before the first run starts, not hours
+    into the sweep. Parameters of another notebook (no `method`) pass unchecked.
+    """
+    if "method" not in parameters:  # not the training template's contract
+        return
+    experiment_config(
+        parameters.get("method", "moco"),
+        parameters.get("dataset", "cifar10-mini"),
+        parameters.get("epochs", 1),
+        parameters.get("batch_size", 256),
+        "cpu",  # the device is checked when the run starts (a GPU may be named here)
+        parameters.get("seed", 0),
+        "unused",
+        parameters.get("overrides"),
+    )
+
+
 def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True) -> dict[str, Any]:
     """Train (resuming when a checkpoint exists), evaluate kNN (+ linear probe), write the summary."""
     start = time.perf_counter()

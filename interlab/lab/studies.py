@@ -14,9 +14,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from interlab.lab.experiment import check_training_run
+from interlab.lab.grids import load_sweep
 from interlab.lab.paths import grid_path, in_project
 from interlab.lab.report import collect_runs, write_report
-from interlab.lab.sweep import load_sweep, run_sweep
+from interlab.lab.sweep import run_sweep
 
 
 def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: int = 1) -> Path:
@@ -31,7 +33,8 @@ def ensure_sweep(grid: str, sweep_dir: str | Path, small: bool = True, workers: 
     except ValueError:
         done = []
     if not done:
-        run_sweep(load_sweep(grid_path(grid), small=small), sweep_dir, workers=workers)
+        sweep = load_sweep(grid_path(grid), small=small, check_run=check_training_run)
+        run_sweep(sweep, sweep_dir, workers=workers)
     write_report(sweep_dir)
     return sweep_dir
 
