@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, to_float
+from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, check_uint8_images, to_float
 from interlab.devices import Precision, full_precision
 
 # Defaults for callers without an augmentation config; callers that have one pass its
@@ -42,7 +42,7 @@ def extract_features(
     policy (autocast, memory format), so features are computed as the network trained;
     None = fp32.
     """
-    _check_uint8_images(images)
+    check_uint8_images(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _compute_device(backbone, device)
@@ -84,17 +84,6 @@ def _features_in_batches(
             features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
         features[start : start + output.shape[0]] = output
     return features
-
-
-def _check_uint8_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"images must be uint8 of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}"
-        )
-    if images.shape[0] == 0:
-        raise ValueError("images is empty (N=0); expected at least one image")
 
 
 def _compute_device(backbone: nn.Module, device: torch.device | str | None) -> torch.device:

@@ -26,17 +26,19 @@ from interlab.augment import (
     Augment,
     AugmentConfig,
     AugmentParams,
+    blur_kernel_size,
+    multi_crop,
+    resized_crop,
+    to_float,
+)
+from tests.augment_ops import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    blur_kernel_size,
     gaussian_blur,
     hflip,
-    multi_crop,
-    resized_crop,
     rgb_to_grayscale,
-    to_float,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
