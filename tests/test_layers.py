@@ -46,8 +46,7 @@ def test_core_never_imports_lab():
     core = core_modules()
     assert len(core) > 20, "the walk found too few core modules"
     offenders = {
-        module_name(path): sorted(n for n in imported_names(path) if is_upper(n))
-        for path in core
+        module_name(path): sorted(n for n in imported_names(path) if is_upper(n)) for path in core
     }
     offenders = {name: found for name, found in offenders.items() if found}
     assert not offenders, f"core modules import the lab layer: {offenders}"
