@@ -1,7 +1,7 @@
 """Frames of videos for CycleContrast: real video frames, or pseudo-videos made from still images.
 
-A real video set (`frames:PATH`) gives every frame the id of its video; `VideoIndex` then
-draws, for each frame of a batch, another frame of the same video in one gather.
+A real video set (`frames:PATH`, read by `load_frames`) gives every frame the id of its video;
+`VideoIndex` then draws, for each frame of a batch, another frame of the same video in one gather.
 
 A pseudo-video turns one image into T frames along a smooth random camera path: the crop
 window pans and zooms linearly from a start box to an end box, and a per-channel colour gain
@@ -20,6 +20,36 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from interlab.augment import resized_crop
+from interlab.data.folders import (
+    DEFAULT_FOLDER_IMAGE_SIZE,
+    IMAGE_EXTENSIONS_TEXT,
+    class_folders,
+    class_image_files,
+    read_square_images,
+)
+from interlab.data.imageset import ImageSet
+
+
+def load_frames(
+    root: Path, split: str = "train", size: int = DEFAULT_FOLDER_IMAGE_SIZE
+) -> ImageSet:
+    """Video frames: one subfolder of ``root`` (or of ``root/<split>``) per video, any count >= 1.
+
+    Frames carry no class (label -1, ``classes`` empty); ``videos`` numbers each frame's
+    video in the sorted order of the folders that hold frames (empty folders are skipped).
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"frames folder not found: {root}")
+    directory = root / split if (root / split).is_dir() else root
+    if directory == root and split != "train":
+        raise ValueError(f"{root} has no {split}/ subfolder; the whole tree is the 'train' split")
+    files, folder_index = class_image_files(directory, class_folders(directory))
+    if not files:
+        raise ValueError(f"no frames ({IMAGE_EXTENSIONS_TEXT}) in video folders of {directory}")
+    _, videos = np.unique(np.asarray(folder_index), return_inverse=True)
+    images = torch.from_numpy(read_square_images(files, size))
+    labels = torch.full((len(files),), -1, dtype=torch.int64)
+    return ImageSet(images, labels, [], videos=torch.from_numpy(videos.astype(np.int64)))
 
 
 class VideoIndex:
@@ -33,10 +63,6 @@ class VideoIndex:
         counts = torch.bincount(videos)
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
-
-    @property
-    def num_videos(self) -> int:
-        return int((self.counts > 0).sum())
 
     def other_frames(self, frames: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """For each frame position, a uniformly drawn frame of its video (possibly itself).

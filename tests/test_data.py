@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from interlab import data
 from interlab.data import (
     DATASET_NAMES,
     ImageSet,
+    compact_jpeg,
     default_root,
     load_dataset,
     read_npz,
@@ -114,21 +114,21 @@ def test_mini_first_train_image_equals_readme_pillow_decode() -> None:
 
 def test_pillow_fallback_decoder_matches_torchvision_decoder() -> None:
     arrays = mini_arrays()
-    files = data._join_header_and_scans(
+    files = compact_jpeg._join_header_and_scans(
         arrays["jpeg_header"], arrays["test_scans"], arrays["test_offsets"]
     )[:50]
-    torchvision_decode = data._torchvision_decoder()
+    torchvision_decode = compact_jpeg._torchvision_decoder()
     assert torchvision_decode is not None
     cpu = torch.device("cpu")
     fast = torch.stack(torchvision_decode(files, cpu))
-    fallback = torch.stack(data._decode_with_pillow(files, cpu))
+    fallback = torch.stack(compact_jpeg._decode_with_pillow(files, cpu))
     assert fast.shape == (50, 3, 32, 32) and torch.equal(fast, fallback)
 
 
 def test_joined_files_are_header_plus_scan() -> None:
     arrays = mini_arrays()
     header, scans, offsets = arrays["jpeg_header"], arrays["test_scans"], arrays["test_offsets"]
-    files = data._join_header_and_scans(header, scans, offsets)
+    files = compact_jpeg._join_header_and_scans(header, scans, offsets)
     assert len(files) == 1000
     for i in (0, 1, 500, 999):
         expected = header.tobytes() + scans[offsets[i] : offsets[i + 1]].tobytes()
