@@ -18,7 +18,7 @@ import platform
 import time
 
 import torch
-from throughput import moco_step_rate
+from throughput import training_step_rate
 
 from interlab.config import build_config, load_named_config
 from interlab.devices import native_bf16
@@ -56,7 +56,7 @@ def step_rate(method: str, setting: str, args: argparse.Namespace) -> float:
         keys.update(queue_size=2048)
     trainer = Trainer(build_config(keys), progress=False)
     trainer.start_method()
-    return moco_step_rate(trainer, args.steps, args.warmup)
+    return training_step_rate(trainer, args.steps, args.warmup)
 
 
 def quickstart_knn(setting: str, seed: int) -> dict[str, float]:

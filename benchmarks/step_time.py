@@ -16,7 +16,7 @@ import json
 import time
 
 import torch
-from throughput import moco_step_rate
+from throughput import training_step_rate
 
 from interlab.config import build_config, load_named_config
 from interlab.devices import resolve_device
@@ -35,7 +35,7 @@ def step_seconds(config_name: str, args: argparse.Namespace) -> float:
     )
     trainer = Trainer(build_config(keys), progress=False)
     trainer.start_method()
-    return args.batch_size / moco_step_rate(trainer, args.steps, args.warmup)
+    return args.batch_size / training_step_rate(trainer, args.steps, args.warmup)
 
 
 def add_step_options(parser: argparse.ArgumentParser, data: str) -> None:

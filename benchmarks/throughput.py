@@ -39,7 +39,8 @@ def time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def moco_step_rate(trainer: Trainer, steps: int, warmup: int) -> float:
+def training_step_rate(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images/s of full training steps (augmentation included) of whatever method `trainer` runs."""
     batch = trainer.config.batch_size
     generator = torch.Generator(device=trainer.device).manual_seed(0)
 
@@ -98,7 +99,7 @@ def main() -> None:
         out="benchmarks/out/throughput",
     )
     trainer = Trainer(build_config(keys), progress=False)
-    moco = moco_step_rate(trainer, args.steps, args.warmup)
+    moco = training_step_rate(trainer, args.steps, args.warmup)
     bare = bare_backbone_rate(trainer, args.steps, args.warmup)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import interlab
 
 PACKAGE = Path(interlab.__file__).parent
@@ -59,3 +61,26 @@ def test_the_walk_sees_lazy_and_relative_imports(tmp_path):
     names = imported_names(probe, "interlab.methods.probe")
     assert "interlab.lab.sweep" in names and "interlab.explore" in names
     assert is_upper("interlab.lab.sweep") and not is_upper("interlab.labels")
+
+
+def test_notebooks_are_found_from_the_checkout_or_the_environment(tmp_path, monkeypatch):
+    """An installed interlab has no checkout next to it: INTERLAB_NOTEBOOKS points at the
+    notebooks, and a wrong location fails with a message saying what to do."""
+    from interlab.lab import paths
+
+    assert paths.notebook_path("00_quickstart.ipynb").is_file()  # the source checkout
+    assert paths.grid_path("negative_sampling").name == "negative_sampling.yaml"
+    monkeypatch.setattr(paths, "_CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.delenv(paths.NOTEBOOKS_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="INTERLAB_NOTEBOOKS"):
+        paths.notebooks_dir()
+    assert paths.project_root() == Path.cwd()  # relative paths start where the user is
+    copy = tmp_path / "my_notebooks"
+    (copy / "sweeps").mkdir(parents=True)
+    (copy / "00_quickstart.ipynb").write_text("{}")
+    (copy / "sweeps" / "scfs.yaml").write_text("notebook: ../train.ipynb\n")
+    monkeypatch.setenv(paths.NOTEBOOKS_ENV, str(copy))
+    assert paths.notebooks_dir() == copy.resolve()
+    assert paths.grid_path("scfs") == copy.resolve() / "sweeps" / "scfs.yaml"
+    with pytest.raises(FileNotFoundError, match="shipped grids: scfs"):
+        paths.grid_path("sizing")
