@@ -325,12 +325,13 @@ def evaluate_method(
     temperature: float = 0.1,
     protocols: Sequence[tuple[int, float]] = (),
     device: torch.device | str | None = None,
+    embedding: bool = True,
 ) -> dict[str, float]:
     """The one evaluation of a method (trained or not): what training logs, `interlab eval`,
     the quickstart's untrained baseline and the sweeps' final probe all call.
 
     kNN gives `knn_top1` (backbone), `knn_top1_head` (the embedding, where the method has
-    one) and each extra protocol; `linear` adds `linear_top1` (backbone). Images are
+    one, unless `embedding=False`) and each extra protocol; `linear` adds `linear_top1` (backbone). Images are
     normalised with the method's augmentation statistics and run under its precision policy.
     """
     if not (knn or linear):
@@ -341,7 +342,7 @@ def evaluate_method(
     scores: dict[str, float] = {}
     if knn:
         networks = {"": method.backbone}
-        if method.embedder is not None:
+        if embedding and method.embedder is not None:
             networks["_head"] = method.embedder
         scores.update(
             knn_scores(

@@ -248,7 +248,8 @@ def test_training_saves_bank_snapshots_for_the_explorers(tmp_path, mixed_npz):
 def test_a_run_without_a_bank_has_no_snapshots(tmp_path, mixed_npz):
     from interlab.snapshots import list_snapshots
 
-    Trainer(cpu_config(tmp_path / "moco", f"npz:{mixed_npz}", epochs=1), progress=False).fit()
+    config = cpu_config(tmp_path / "moco", f"npz:{mixed_npz}", epochs=1, eval_every=0)
+    Trainer(config, progress=False).fit()
     with pytest.raises(ValueError, match="holds no memory-bank snapshots"):
         list_snapshots(tmp_path / "moco")
 

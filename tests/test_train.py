@@ -89,11 +89,11 @@ def test_batch_larger_than_data_is_rejected(tmp_path, tiny_npz):
 
 def test_short_moco_run_beats_the_untrained_network(tmp_path):
     """The CPU quickstart set-up: MoCo v2 on the mini data must clearly improve kNN top-1."""
-    config = quickstart_config(device="cpu", epochs=8, out_dir=str(tmp_path))
+    config = quickstart_config(device="cpu", epochs=5, out_dir=str(tmp_path))
     before = untrained_knn(config)
     after = train(config, progress=False).final["knn_top1"]
     print(json.dumps({"untrained": before, "trained": after}))
-    # Measured: 0.297 -> 0.391 (+9.4 points) in 8 epochs; assert a safe part of it.
+    # Measured: 0.297 -> 0.387 (+9 points) in 5 epochs; assert a safe part of it.
     assert after > before + 0.05
 
 

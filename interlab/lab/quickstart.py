@@ -12,6 +12,7 @@ from typing import Any
 
 from interlab.config import TrainConfig, build_config
 from interlab.devices import resolve_device
+from interlab.evaluate import evaluate_method
 from interlab.lab.experiment import SUMMARY_NAME, final_knn, write_summary
 from interlab.lab.paths import notebook_path, project_root
 from interlab.train import Trainer, train
@@ -88,7 +89,16 @@ def untrained_knn(config: TrainConfig) -> float:
     The trainer's own set-up and evaluation, stopped before the first step.
     """
     trainer = Trainer(config, progress=False)
-    return trainer.knn_accuracy()["knn_top1"]
+    scores = evaluate_method(
+        trainer.method,
+        trainer.memory_set,
+        trainer.test_set,
+        k=config.knn_k,
+        temperature=config.knn_temperature,
+        device=trainer.device,
+        embedding=False,
+    )
+    return scores["knn_top1"]
 
 
 def run_quickstart(config: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
