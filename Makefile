@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-slow test-all test-gpu test-browser lab lint format clean
+.PHONY: venv demo test test-slow test-all test-gpu test-browser lessons lab lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test-gpu: $(if $(filter $(VENV)/%,$(PY)),venv)
 # in tests/artifacts/browser/ (or $$INTERLAB_ARTIFACTS/browser/).
 test-browser: venv
 	$(PY) -m pytest -m browser tests/test_browser.py
+
+# Every lesson executed with its solutions into runs/lessons/ (outputs + an HTML copy each).
+lessons: venv
+	$(PY) -m interlab.lessons.build --out runs/lessons
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

@@ -10,8 +10,14 @@ import pytest
 import interlab
 
 PACKAGE = Path(interlab.__file__).parent
-# Above the core: the lab subpackage, the `interlab.explore` alias and the command line.
-UPPER = ("interlab.lab", "interlab.explore", "interlab.cli", "interlab.__main__")
+# Above the core: the lab subpackage, the lessons, the `interlab.explore` alias and the CLI.
+UPPER = (
+    "interlab.lab",
+    "interlab.lessons",
+    "interlab.explore",
+    "interlab.cli",
+    "interlab.__main__",
+)
 
 
 def module_name(path: Path) -> str:

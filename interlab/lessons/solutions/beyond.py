@@ -1,0 +1,1 @@
+"""Solutions of the exercises of lesson beyond (filled in by `solutions=True`)."""

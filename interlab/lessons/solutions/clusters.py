@@ -1,0 +1,1 @@
+"""Solutions of the exercises of lesson clusters (filled in by `solutions=True`)."""

@@ -1,0 +1,1 @@
+"""Solutions of the exercises of lesson negatives (filled in by `solutions=True`)."""
