@@ -52,6 +52,19 @@ def test_selecting_a_cluster_shows_its_members_and_purity(run_dir, data):
     assert explorer.current["purity"] == 1.0
 
 
+@pytest.mark.slow  # embeds the bank with UMAP: make test-slow / CI
+def test_cluster_members_and_majority_are_named_by_class(run_dir, data):
+    images, truth = data
+    names = ["cat", "dog", "ship"]
+    explorer = ClusterExplorer(run_dir, images, truth, members_shown=4, classes=names)
+    explorer.cluster.value = 0
+    assert "majority cat" in explorer.message.value
+    fig = explorer.figure()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title() in names]
+    assert len(titles) == 4  # every member tile names its class
+    assert not any("class " in ax.get_title() for ax in fig.axes)
+
+
 def test_epochs_are_embedded_once_cached_and_aligned(run_dir, data):
     images, truth = data
     explorer = ClusterExplorer(run_dir, images, truth)

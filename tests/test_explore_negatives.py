@@ -75,3 +75,19 @@ def test_pool_figure_reports_a_rate_per_strategy(explorer):
     assert set(rates) == {"random", "hard", "semihard", "semieasy"}
     assert all(0 <= r <= 1 for r in rates.values())
     assert len(fig.axes[0].patches) > 0
+
+
+def test_titles_and_messages_use_class_names(explorer, mixed_train):
+    """`cat`, not `class 3`: the query's class name is in the message and under every tile."""
+    names = [f"name{i}" for i in range(int(mixed_train.labels.max()) + 1)]
+    explorer = NegativeExplorer(
+        explorer.method, mixed_train.images, mixed_train.labels, shown=5, classes=names
+    )
+    explorer.update()
+    query_class = names[int(mixed_train.labels[explorer.index.value])]
+    assert f"({query_class})" in explorer.message.value
+    fig = explorer.figure()
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[0] == f"query\n{query_class}"
+    assert all(any(n in t for n in names) for t in titles)
+    assert not any("class " in t for t in titles)

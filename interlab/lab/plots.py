@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+
+def class_name(classes: Sequence[str] | None, label: int) -> str:
+    """`cat` rather than `class 3`; the number only when the set has no names, `?` unknown."""
+    label = int(label)
+    if label < 0:
+        return "?"
+    if classes and label < len(classes):
+        return str(classes[label])
+    return f"class {label}"
 
 
 def show_image(

@@ -9,6 +9,7 @@ so points move only as much as the features do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from interlab.cluster import cluster_scores
 from interlab.lab.explore.display import redraw, show_with_static
-from interlab.lab.plots import show_image
+from interlab.lab.plots import class_name, show_image
 from interlab.snapshots import SNAPSHOT_DIR, list_snapshots, load_snapshot
 
 
@@ -49,11 +50,14 @@ class ClusterExplorer:
         images: torch.Tensor,
         labels: torch.Tensor,
         members_shown: int = 16,
+        classes: Sequence[str] | None = None,
     ) -> None:
+        """`classes` names the labels (an ImageSet's `classes`) in titles and messages."""
         import ipywidgets as widgets
 
         self.run_dir, self.images, self.labels = Path(run_dir), images, labels.cpu().numpy()
         self.members_shown = members_shown
+        self.classes = list(classes) if classes is not None else None
         self.message = widgets.HTML()
         self.output = widgets.Output()
         try:
@@ -153,7 +157,7 @@ class ClusterExplorer:
         scores_text = ", ".join(f"{k.upper()} {v:.3f}" for k, v in scores.items())
         self.message.value = (
             f"epoch {self.epoch.value}: {scores_text} | cluster {self.cluster.value}: "
-            f"{self.current['size']} images, majority class {self.current['majority']}, "
+            f"{self.current['size']} images, majority {class_name(self.classes, self.current['majority'])}, "
             f"purity {self.current['purity']:.2f}"
         )
         redraw(self.output, self.figure)
@@ -181,7 +185,7 @@ class ClusterExplorer:
         side = int(np.ceil(np.sqrt(self.members_shown)))
         for k, index in enumerate(self.current["shown"]):
             ax = fig.add_axes([0.5 + (k % side) * 0.12, 0.72 - (k // side) * 0.22, 0.11, 0.19])
-            show_image(ax, self.images[index], f"class {self.labels[index]}")
+            show_image(ax, self.images[index], class_name(self.classes, self.labels[index]))
         return fig
 
     def show(self) -> None:

@@ -7,6 +7,7 @@ queries: each sampler's false-negative rate and the similarity histogram of its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -14,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from interlab.lab.explore.display import redraw, show_with_static
-from interlab.lab.plots import show_image
+from interlab.lab.plots import class_name, show_image
 from interlab.lab.probes import (
     draw_negatives,
     false_negative_rates,
@@ -29,8 +30,15 @@ class NegativeExplorer:
     """Pick a query (index or random); see each strategy's negatives side by side."""
 
     def __init__(
-        self, method: Any, images: torch.Tensor, labels: torch.Tensor, shown: int = 8, seed: int = 0
+        self,
+        method: Any,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        shown: int = 8,
+        seed: int = 0,
+        classes: Sequence[str] | None = None,
     ) -> None:
+        """`classes` names the labels (an ImageSet's `classes`) in titles and messages."""
         import ipywidgets as widgets
 
         if len(images) != method.memory.size:
@@ -38,6 +46,7 @@ class NegativeExplorer:
                 f"the bank holds {method.memory.size} images; got {len(images)} images"
             )
         self.method, self.images, self.labels, self.shown = method, images, labels, shown
+        self.classes = list(classes) if classes is not None else None
         self.generator = torch.Generator().manual_seed(seed)
         self.index = widgets.BoundedIntText(
             value=0, min=0, max=len(images) - 1, description="query"
@@ -87,9 +96,9 @@ class NegativeExplorer:
         except ValueError as error:  # shown in the widget, not as a traceback
             self.message.value = f"<span style='color:#b00'>{error}</span>"
             return
-        label = int(self.labels[self.index.value])
+        name = class_name(self.classes, int(self.labels[self.index.value]))
         self.message.value = (
-            f"query {self.index.value} (class {label}); red frame = same class as the query"
+            f"query {self.index.value} ({name}); red frame = same class as the query"
         )
         redraw(self.output, self.figure)
 
@@ -101,8 +110,10 @@ class NegativeExplorer:
         )
         for ax in axes.flat:
             ax.axis("off")
-        show_image(axes[0][0], self.images[self.current["query"]], "query")
-        show_image(axes[0][1], self.images[self.current["positive"]], "positive")
+        for col, role in enumerate(("query", "positive")):
+            index = self.current[role]
+            name = class_name(self.classes, int(self.labels[index]))
+            show_image(axes[0][col], self.images[index], f"{role}\n{name}")
         for row, (strategy, drawn) in enumerate(self.current["strategies"].items(), start=1):
             for col, (index, cosine, false) in enumerate(
                 zip(drawn["indices"], drawn["cosines"], drawn["false"], strict=True)
@@ -110,8 +121,9 @@ class NegativeExplorer:
                 show_image(
                     axes[row][col],
                     self.images[index],
-                    f"{cosine:.2f}",
+                    f"{cosine:.2f} {class_name(self.classes, int(self.labels[index]))}",
                     frame="red" if false else None,
+                    fontsize=7,
                 )
             axes[row][0].text(
                 -0.15,
