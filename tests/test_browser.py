@@ -4,7 +4,8 @@ A tiny InterCLR run is trained first; the notebook is copied into a temp folder 
 `run_dir` pointing at that run, JupyterLab serves the folder on localhost with a token, and
 Playwright (Python, with the system Chromium: no browser download) opens the notebook, runs
 every cell, checks that the three explorers' widgets are live and that moving the margin
-slider redraws MarginExplorer on the kernel side. Screenshots of each stage are saved.
+slider redraws MarginExplorer on the kernel side. A second test opens lesson 06 as a student
+would (exercises unsolved) and moves its temperature slider. Screenshots of each stage are saved.
 
 Run it with `make test-browser`. It needs `/usr/bin/chromium` (or `$INTERLAB_CHROMIUM`) and is
 skipped without it, unless `INTERLAB_BROWSER_REQUIRED=1` (set by `.ci/run`) makes that a
@@ -246,17 +247,18 @@ def jupyterlab(root: Path, state: Path) -> Iterator[tuple[str, str]]:
 
 
 class Stages:
-    """Numbered screenshots of the page or of one element, in ARTIFACTS."""
+    """Numbered screenshots of the page or of one element, in ARTIFACTS (or a subfolder)."""
 
-    def __init__(self, page) -> None:
+    def __init__(self, page, folder: str = "") -> None:
         self.page, self.count = page, 0
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for old in ARTIFACTS.glob("*.png"):
+        self.folder = ARTIFACTS / folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for old in self.folder.glob("*.png"):
             old.unlink()
 
     def shoot(self, name: str, element=None) -> Path:
         self.count += 1
-        path = ARTIFACTS / f"{self.count:02d}-{name}.png"
+        path = self.folder / f"{self.count:02d}-{name}.png"
         (element or self.page).screenshot(path=str(path), timeout=30_000)
         return path
 
@@ -348,32 +350,45 @@ def readout_value(text: str) -> float:
     return float(text.replace("\u2212", "-"))
 
 
-def margin_state(margin) -> dict[str, str]:
-    """What the kernel last drew for MarginExplorer: slider readout, summary, figure."""
+def slider_state(box, label: str = "margin m") -> dict[str, str]:
+    """What the kernel last drew for an explorer: the slider's readout, summary and figure."""
     return {
-        "readout": labelled(margin, "widget-hslider", "margin m")
+        "readout": labelled(box, "widget-hslider", label)
         .locator(".widget-readout")
         .inner_text()
         .strip(),
-        "summary": margin.locator(".widget-html").first.inner_text(),
-        "figure": margin.locator(".widget-output img").first.get_attribute("src") or "",
+        "summary": box.locator(".widget-html").first.inner_text(),
+        "figure": box.locator(".widget-output img").first.get_attribute("src") or "",
     }
 
 
-def move_margin_slider(page, margin) -> tuple[dict[str, str], dict[str, str]]:
-    """Focus the margin handle, press ArrowRight like a user; wait for the kernel's redraw."""
-    before = margin_state(margin)
-    handle = labelled(margin, "widget-hslider", "margin m").locator(".noUi-handle")
+def move_slider(page, box, label: str = "margin m") -> tuple[dict[str, str], dict[str, str]]:
+    """Focus the slider's handle, press ArrowRight like a user; wait for the kernel's redraw."""
+    before = slider_state(box, label)
+    handle = labelled(box, "widget-hslider", label).locator(".noUi-handle")
     handle.scroll_into_view_if_needed(timeout=10_000)
     handle.focus(timeout=10_000)
     page.keyboard.press("ArrowRight")
     deadline = time.monotonic() + REDRAW_MS / 1000
     while time.monotonic() < deadline:
-        after = margin_state(margin)
+        after = slider_state(box, label)
         if after["summary"] != before["summary"] and after["figure"] not in ("", before["figure"]):
             return before, after
         page.wait_for_timeout(250)
-    return before, margin_state(margin)
+    return before, slider_state(box, label)
+
+
+def open_and_run_all(page, base: str, token: str, name: str, stages: Stages) -> None:
+    """Open a notebook of the served folder, wait for its kernel, run every cell."""
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=60_000)
+    page.wait_for_function("() => window.jupyterapp", timeout=60_000)
+    dialogs = wait_for_idle_kernel(page, name)
+    stages.shoot("opened")
+    page.evaluate(START_RUN_ALL, name)
+    page.wait_for_function("() => window.__runAll", timeout=RUN_ALL_MS)
+    run_all = page.evaluate("() => window.__runAll")
+    stages.shoot("ran-all-cells")
+    assert run_all["ok"], f"{run_all}; dialogs {dialogs}:\n{error_outputs(page)}"
 
 
 def test_explore_notebook_widgets_live_in_chromium(
@@ -397,19 +412,9 @@ def test_explore_notebook_widgets_live_in_chromium(
             page.set_default_timeout(60_000)
             stages = Stages(page)
             try:
-                page.goto(f"{base}/lab/tree/{notebook.name}?token={token}", timeout=60_000)
-                page.wait_for_function("() => window.jupyterapp", timeout=60_000)
-                dialogs = wait_for_idle_kernel(page, notebook.name)
-                stages.shoot("opened")
-
-                page.evaluate(START_RUN_ALL, notebook.name)
-                page.wait_for_function("() => window.__runAll", timeout=RUN_ALL_MS)
-                run_all = page.evaluate("() => window.__runAll")
-                stages.shoot("ran-all-cells")
-                assert run_all["ok"], f"{run_all}; dialogs {dialogs}:\n{error_outputs(page)}"
-
+                open_and_run_all(page, base, token, notebook.name, stages)
                 boxes = check_explorers(page, stages)
-                before, after = move_margin_slider(page, boxes["margin"])
+                before, after = move_slider(page, boxes["margin"])
                 stages.shoot("margin-moved", boxes["margin"])
                 assert readout_value(after["readout"]) > readout_value(before["readout"]), after
                 assert after["summary"] != before["summary"], "the kernel did not redraw"
@@ -424,4 +429,49 @@ def test_explore_notebook_widgets_live_in_chromium(
         print(
             f"\nbrowser test: {time.monotonic() - started:.0f} s in JupyterLab + Chromium; "
             f"margin {before['readout']} -> {after['readout']}; screenshots in {ARTIFACTS}"
+        )
+
+
+LESSON = REPO / "notebooks" / "lessons" / "06_margins.ipynb"
+
+
+def test_lesson_temperature_slider_redraws_in_chromium(browser_ready, tmp_path, capsys):
+    """A lesson as a student opens it (exercises unsolved): run all, move the margin
+    explorer's temperature slider, the kernel redraws the figure and the summary."""
+    from playwright.sync_api import sync_playwright
+
+    root, state = tmp_path / "root", tmp_path / "state"
+    root.mkdir()
+    (root / LESSON.name).write_bytes(LESSON.read_bytes())
+    started = time.monotonic()
+    with jupyterlab(root, state) as (base, token), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=60_000
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.set_default_timeout(60_000)
+            stages = Stages(page, "lesson")
+            try:
+                open_and_run_all(page, base, token, LESSON.name, stages)
+                box = explorer_output(page, EXPLORERS["margin"])
+                assert box.count() == 1, f"{box.count()} margin explorers in the lesson"
+                box.locator(".widget-output img").first.wait_for(state="visible")
+                label = labelled(box, "widget-hslider", "temperature").locator(".widget-label")
+                assert label.evaluate("(e) => e.scrollWidth <= e.clientWidth"), "label is cut"
+                before, after = move_slider(page, box, "temperature")
+                stages.shoot("temperature-moved", box)
+                assert readout_value(after["readout"]) > readout_value(before["readout"]), after
+                assert after["summary"] != before["summary"], "the kernel did not redraw"
+                assert after["figure"] not in ("", before["figure"]), "the figure is unchanged"
+            except Exception:
+                with suppress(Exception):
+                    stages.shoot("failure")
+                raise
+        finally:
+            browser.close()
+    with capsys.disabled():
+        print(
+            f"\nlesson browser test: {time.monotonic() - started:.0f} s; temperature "
+            f"{before['readout']} -> {after['readout']}; screenshots in {stages.folder}"
         )
