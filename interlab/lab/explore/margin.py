@@ -60,12 +60,13 @@ def draw_margin_figure(
 ) -> Figure:
     """Logit histograms, then p(positive) and the pull on the positive, against margin 0."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    bins = np.linspace(-1, 1, 61)
-    axes[0].hist(negatives, bins=bins, density=True, alpha=0.5, label="negatives")
-    axes[0].hist(positives, bins=bins, density=True, alpha=0.5, label="positives")
     shifted = apply_margin(
         torch.from_numpy(np.asarray(positives, np.float64)), margin, kind
     ).numpy()
+    # a negative margin lifts positives above 1: widen the bins so none drop off the plot
+    bins = np.linspace(min(-1.0, shifted.min()), max(1.0, shifted.max()), 61)
+    axes[0].hist(negatives, bins=bins, density=True, alpha=0.5, label="negatives")
+    axes[0].hist(positives, bins=bins, density=True, alpha=0.5, label="positives")
     axes[0].hist(
         shifted,
         bins=bins,
@@ -115,13 +116,16 @@ class MarginExplorer:
         if self.positives.size == 0 or negatives.size == 0:
             raise ValueError("MarginExplorer needs at least one positive and one negative cosine")
         self.negatives = negatives[:: max(1, negatives.size // max_negatives)]
+        full = {"description_width": "initial"}  # labels in full, never "temperat..."
         self.margin = widgets.FloatSlider(
-            value=margin, min=-1.0, max=1.0, step=0.05, description="margin m"
+            value=margin, min=-1.0, max=1.0, step=0.05, description="margin m", style=full
         )
         self.temperature = widgets.FloatSlider(
-            value=temperature, min=0.05, max=1.0, step=0.05, description="temperature"
+            value=temperature, min=0.05, max=1.0, step=0.05, description="temperature t", style=full
         )
-        self.kind = widgets.Dropdown(options=list(MARGIN_KINDS), value=kind, description="kind")
+        self.kind = widgets.Dropdown(
+            options=list(MARGIN_KINDS), value=kind, description="margin kind", style=full
+        )
         self.summary = widgets.HTML()
         self.output = widgets.Output()
         for control in (self.margin, self.temperature, self.kind):
