@@ -57,7 +57,7 @@ REDRAW_MS = 60_000
 EXPLORERS = {
     "clusters": ["epoch", "colour", "cluster"],
     "negatives": ["query"],
-    "margin": ["margin m", "temperature", "kind"],
+    "margin": ["margin m", "temperature t", "margin kind"],
 }
 
 
@@ -339,8 +339,8 @@ def check_explorers(page, stages: Stages) -> dict[str, object]:
     assert negatives.locator("button", has_text="random query").count() == 1
     assert "red frame" in negatives.locator(".widget-html").first.inner_text()
     assert labelled(margin, "widget-hslider", "margin m").count() == 1
-    assert labelled(margin, "widget-hslider", "temperature").count() == 1
-    assert labelled(margin, "widget-dropdown", "kind").count() == 1
+    assert labelled(margin, "widget-hslider", "temperature t").count() == 1
+    assert labelled(margin, "widget-dropdown", "margin kind").count() == 1
     assert "mean p(positive)" in margin.locator(".widget-html").first.inner_text()
     return boxes
 
@@ -457,9 +457,9 @@ def test_lesson_temperature_slider_redraws_in_chromium(browser_ready, tmp_path, 
                 box = explorer_output(page, EXPLORERS["margin"])
                 assert box.count() == 1, f"{box.count()} margin explorers in the lesson"
                 box.locator(".widget-output img").first.wait_for(state="visible")
-                label = labelled(box, "widget-hslider", "temperature").locator(".widget-label")
+                label = labelled(box, "widget-hslider", "temperature t").locator(".widget-label")
                 assert label.evaluate("(e) => e.scrollWidth <= e.clientWidth"), "label is cut"
-                before, after = move_slider(page, box, "temperature")
+                before, after = move_slider(page, box, "temperature t")
                 stages.shoot("temperature-moved", box)
                 assert readout_value(after["readout"]) > readout_value(before["readout"]), after
                 assert after["summary"] != before["summary"], "the kernel did not redraw"

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from interlab.data import ImageSet, load_dataset
 from interlab.distill import search_weights
 from interlab.lab.paths import in_project
-from interlab.lessons.calling import call_answer
-from interlab.lessons.checking import Verdict, as_tensor, compare, failed, passed
+from interlab.lessons.checking import Verdict, as_tensor, call_answer, compare, failed, passed
 from interlab.losses import negative_logits, soft_nearest_neighbour
 
 

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from interlab.lab.explore.margin import margin_curves
-from interlab.lessons.calling import call_answer
-from interlab.lessons.checking import Verdict, compare, passed
+from interlab.lessons.checking import Verdict, call_answer, compare, passed
 from interlab.losses import apply_margin, positive_probability
 
 

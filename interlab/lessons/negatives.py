@@ -21,8 +21,7 @@ from matplotlib.figure import Figure
 
 from interlab.data import ImageSet, load_dataset
 from interlab.lab.paths import in_project
-from interlab.lessons.calling import call_answer
-from interlab.lessons.checking import Verdict, as_tensor, failed, passed
+from interlab.lessons.checking import Verdict, as_tensor, call_answer, failed, passed
 from interlab.memory import MemoryBank
 from interlab.sampling import NEGATIVE_STRATEGIES, false_negative_share, sample_negatives
 
