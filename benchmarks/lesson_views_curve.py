@@ -7,7 +7,10 @@ run without colour jitter and grayscale. Each run's final kNN top-1 (backbone fe
 untrained network's are recorded with the device, torch version, date and command.
 
 Usage: python benchmarks/lesson_views_curve.py [--epochs 5] [--out runs/lessons/views_curve]
-       [--json interlab/lessons/measured/views_curve.json]
+       [--json interlab/lessons/measured/views_curve.json] [--max-variants N]
+
+About 8-12 minutes per variant on 2 CPU cores shared with other jobs (measured), a few
+minutes on an idle laptop.
 """
 
 from __future__ import annotations
@@ -60,11 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--out", default="runs/lessons/views_curve")
     parser.add_argument("--json", default="interlab/lessons/measured/views_curve.json")
+    parser.add_argument(
+        "--max-variants", type=int, default=len(VARIANTS), help="measure only the first N"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     runs = []
     baseline = None
-    for name, min_area, colour in VARIANTS:
+    for name, min_area, colour in VARIANTS[: args.max_variants]:
         slug = name.replace(" ", "_").replace(",", "")
         config = quickstart_config(
             device="cpu",
