@@ -2,7 +2,7 @@
 
 A check never raises on a wrong answer (the student reads the verdict and tries again); it
 raises only when the lesson itself is broken. Executed headless with `solutions=True`, every
-verdict must be a pass: `tests/test_lessons.py` reads the executed notebooks for `FAIL_MARK`.
+verdict must be a pass: the `tests/test_lessons_*.py` files read the executed notebooks for `FAIL_MARK`.
 """
 
 from __future__ import annotations
