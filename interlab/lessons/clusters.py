@@ -38,6 +38,9 @@ def interclr_config(
 
     overrides: dict[str, Any] = {
         "snapshot_every": 1,
+        # the README's sizing for C = 10 classes: 10 clusters per class, a pool of 30% of N
+        "num_clusters": 100,
+        "pool_share": 0.3,
         "online_labels": online,
         "eval_every": epochs,
     }

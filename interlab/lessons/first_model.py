@@ -34,6 +34,15 @@ MEASURED = Path(__file__).resolve().parent / "measured"
 WIDE = {"description_width": "initial"}
 
 
+def show_figure(fig: Figure) -> None:
+    """Display a figure once (as the cell's output) and close it, so pyplot does not show it
+    a second time at the end of the cell."""
+    from IPython.display import display
+
+    display(fig)
+    plt.close(fig)
+
+
 # ---- embeddings before and after training -----------------------------------------------------
 def backbone_features(method: Any, images: Tensor) -> Tensor:
     """L2-normalised backbone features of uint8 images, as the method's kNN evaluation sees them."""
@@ -50,9 +59,13 @@ def backbone_features(method: Any, images: Tensor) -> Tensor:
 
 def umap_points(features: Tensor, seed: int = 0) -> np.ndarray:
     """A 2-D UMAP of (N, D) features (the explorers' settings)."""
+    import warnings
+
     from interlab.lab.explore.clusters import umap_2d
 
-    return umap_2d(features.numpy(), None, seed=seed)
+    with warnings.catch_warnings():  # umap: "n_jobs overridden by random_state" (seeded on purpose)
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        return umap_2d(features.numpy(), None, seed=seed)
 
 
 def plot_umaps(
@@ -184,7 +197,8 @@ class QueueMomentumExplorer:
         for i in range(len(self.momenta)):
             for j in range(len(self.queues)):
                 text = "not run" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
-                heat.text(j, i, text, ha="center", va="center", color="w")
+                colour = "k" if np.isnan(grid[i, j]) else "w"
+                heat.text(j, i, text, ha="center", va="center", color=colour)
         if chosen in self.knn:
             i, j = self.momenta.index(chosen[1]), self.queues.index(chosen[0])
             heat.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="r", lw=3))
