@@ -24,7 +24,7 @@ from interlab.cluster import nmi, purity
 from interlab.config import TrainConfig
 from interlab.lab.plots import show_image
 from interlab.lab.probes import draw_negatives, query_embeddings
-from interlab.lessons.checking import Verdict, as_tensor, compare, failed, passed
+from interlab.lessons.checking import Verdict, as_tensor, call_answer, compare, failed, passed
 from interlab.sampling import false_negative_share
 from interlab.snapshots import list_snapshots, load_snapshot
 
@@ -200,19 +200,6 @@ def plot_false_negative(
 
 
 # ---- exercises -------------------------------------------------------------------------------
-def _call(exercise: str, function: Any, *args: Any) -> tuple[Any, Verdict | None]:
-    """The student's function's result, or a verdict saying why there is none."""
-    if function is None or function is Ellipsis:
-        return None, failed(exercise, "no answer yet: write the function and pass it in")
-    if not callable(function):
-        return None, failed(exercise, f"expected a function; got a {type(function).__name__}")
-    try:
-        result = function(*args)
-    except Exception as error:  # the student's bug, reported, not raised
-        return None, failed(exercise, f"your function raised {type(error).__name__}: {error}")
-    if result is None or result is Ellipsis:
-        return None, failed(exercise, "your function returns nothing yet: fill in its body")
-    return result, None
 
 
 # A small labelling: 12 images of 3 classes in 4 clusters (cluster ids are arbitrary names).
@@ -229,7 +216,7 @@ def check_purity(my_purity: Callable[[np.ndarray, np.ndarray], float]) -> Verdic
     to their cluster's majority class (checked against `interlab.cluster.purity`)."""
     exercise = "exercise 4.1"
     true, clusters = PURITY_TRUE.copy(), PURITY_CLUSTERS.copy()
-    result, verdict = _call(exercise, my_purity, true.copy(), clusters.copy())
+    result, verdict = call_answer(exercise, my_purity, true.copy(), clusters.copy())
     if verdict is not None:
         return verdict
     hints = (
@@ -245,7 +232,7 @@ def check_purity(my_purity: Callable[[np.ndarray, np.ndarray], float]) -> Verdic
         return verdict
     rng = np.random.default_rng(1)  # a second, random labelling: not tuned to one example
     true2, clusters2 = rng.integers(0, 5, 60), rng.integers(0, 7, 60)
-    second, verdict = _call(exercise, my_purity, true2, clusters2)
+    second, verdict = call_answer(exercise, my_purity, true2, clusters2)
     if verdict is not None:
         return verdict
     verdict = compare(
@@ -265,7 +252,7 @@ def check_label_change(my_change_ratio: Callable[[np.ndarray, np.ndarray], float
     changed (InterCLR's `label_change_ratio`: (after != before).mean())."""
     exercise = "exercise 4.2"
     before, after = LABELS_BEFORE.copy(), LABELS_AFTER.copy()
-    result, verdict = _call(exercise, my_change_ratio, before.copy(), after.copy())
+    result, verdict = call_answer(exercise, my_change_ratio, before.copy(), after.copy())
     if verdict is not None:
         return verdict
     expected = float((before != after).mean())
@@ -305,7 +292,7 @@ def check_false_negative_share(my_share: Callable[..., float]) -> Verdict:
     true, pseudo, queries, negatives = (
         problem[k] for k in ("true", "pseudo", "queries", "negatives")
     )
-    result, verdict = _call(
+    result, verdict = call_answer(
         exercise, my_share, true.clone(), pseudo.clone(), queries.clone(), negatives.clone()
     )
     if verdict is not None:

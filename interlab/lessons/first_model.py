@@ -26,7 +26,7 @@ from interlab.evaluate import knn_predict
 from interlab.features import extract_features
 from interlab.lab.explore.display import redraw, show_with_static
 from interlab.lab.plots import show_image
-from interlab.lessons.checking import Verdict, as_tensor, compare, failed, passed
+from interlab.lessons.checking import Verdict, as_tensor, call_answer, compare, failed, passed
 from interlab.methods.moco import fifo_write
 from interlab.nets import momentum_update
 
@@ -278,21 +278,6 @@ def _unnormalised_weighted(problem: dict[str, Any]) -> Tensor:
     )  # fmt: skip
 
 
-def _call(exercise: str, function: Any, *args: Any) -> tuple[Any, Verdict | None]:
-    """The student's function's result, or a verdict saying why there is none."""
-    if function is None or function is Ellipsis:
-        return None, failed(exercise, "no answer yet: write the function and pass it in")
-    if not callable(function):
-        return None, failed(exercise, f"expected a function; got a {type(function).__name__}")
-    try:
-        result = function(*args)
-    except Exception as error:  # the student's bug, reported, not raised
-        return None, failed(exercise, f"your function raised {type(error).__name__}: {error}")
-    if result is None or result is Ellipsis:
-        return None, failed(exercise, "your function returns nothing yet: fill in its body")
-    return result, None
-
-
 def check_knn_top1(knn: Callable[..., Any]) -> Verdict:
     """Exercise 3.1: `knn(train_features, train_labels, test_features, num_classes, k,
     temperature)` returns each test row's predicted class (weighted kNN, cosine similarity)."""
@@ -300,7 +285,7 @@ def check_knn_top1(knn: Callable[..., Any]) -> Verdict:
     problem = knn_problem()
     args = [problem[key] for key in ("train_features", "train_labels", "test_features")]
     args += [problem["num_classes"], problem["k"], problem["temperature"]]
-    result, verdict = _call(
+    result, verdict = call_answer(
         exercise, knn, *(a.clone() if isinstance(a, Tensor) else a for a in args)
     )
     if verdict is not None:
@@ -339,7 +324,9 @@ def check_momentum_update(update: Callable[[Tensor, Tensor, float], Tensor]) -> 
     key_weight, query_weight = key.weight.detach().clone(), query.weight.detach().clone()
     momentum_update(key, query, momentum)  # the package's update, on the real modules
     expected = key.weight.detach().double()
-    result, verdict = _call(exercise, update, key_weight.clone(), query_weight.clone(), momentum)
+    result, verdict = call_answer(
+        exercise, update, key_weight.clone(), query_weight.clone(), momentum
+    )
     if verdict is not None:
         return verdict
     k, q = key_weight.double(), query_weight.double()

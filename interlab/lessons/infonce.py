@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from interlab.lab.explore.display import redraw, show_with_static
-from interlab.lessons.checking import Verdict, as_tensor, compare, failed, passed
+from interlab.lessons.checking import Verdict, as_tensor, call_answer, compare, failed, passed
 from interlab.losses import contrastive_logits, info_nce
 
 # Temperatures the exercises are checked at (one low, one high: a missing division shows).
@@ -202,13 +202,9 @@ def _not_callable(exercise: str, answer: Any) -> Verdict | None:
 
 
 def _call(exercise: str, function: Callable, *args: Any) -> tuple[Any, Verdict | None]:
-    try:
-        result = function(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    except Exception as error:  # the student's code: report, never crash the lesson
-        return None, failed(exercise, f"your function raised {type(error).__name__}: {error}")
-    if result is None or result is Ellipsis:
-        return None, failed(exercise, "your function returned nothing yet (replace the `...`)")
-    return result, None
+    """`call_answer` on copies of the tensors: the student's function may change its inputs."""
+    copies = (a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    return call_answer(exercise, function, *copies)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
