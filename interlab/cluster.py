@@ -126,11 +126,14 @@ def member_means(features: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tens
 
 
 def initial_centroids(features: Tensor, k: int, seed: int) -> Tensor:
-    """Both backends start from the same seeds: k-means++ up to KMEANS_PP_MAX_K, else random."""
-    generator = torch.Generator(device=features.device).manual_seed(seed)
+    """Both backends start from the same seeds: k-means++ up to KMEANS_PP_MAX_K, else random.
+
+    The random draws come from a CPU generator, so a seed picks the same starting points on
+    every device (a CUDA generator's stream differs from the CPU's)."""
+    generator = torch.Generator().manual_seed(seed)
     if k <= KMEANS_PP_MAX_K:
         return kmeans_plus_plus(features, k, generator)
-    start = torch.randperm(len(features), generator=generator, device=features.device)[:k]
+    start = torch.randperm(len(features), generator=generator)[:k].to(features.device)
     return features[start].clone()
 
 
@@ -148,15 +151,23 @@ def _torch_kmeans(features: Tensor, k: int, iterations: int, seed: int) -> KMean
 
 
 def kmeans_plus_plus(features: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2."""
-    first = torch.randint(len(features), (1,), generator=generator, device=features.device)
-    centroids = [features[first[0]]]
+    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
+
+    Each draw inverts the cumulative weights at a uniform number taken up front from the CPU
+    `generator`: the same choice on any device, and no host synchronisation per centre."""
+    uniforms = torch.rand(k, generator=generator, dtype=torch.float64).to(features.device)
+    first = (uniforms[0] * len(features)).long().clamp_max(len(features) - 1)
+    centroids = [features[first]]
     nearest = ((features - centroids[0]) ** 2).sum(dim=1)
-    for _ in range(1, k):
-        weights = nearest.clamp_min(0)
-        if float(weights.sum()) <= 0:  # every point already sits on a centre
-            weights = torch.ones_like(weights)
-        chosen = torch.multinomial(weights, 1, generator=generator)[0]
+    for step in range(1, k):
+        weights = nearest.clamp_min(0).double()
+        total = weights.sum()
+        # every point already on a centre: draw uniformly instead
+        weights = torch.where(total > 0, weights, torch.ones_like(weights))
+        cumulative = weights.cumsum(0)
+        target = uniforms[step] * cumulative[-1]
+        chosen = torch.searchsorted(cumulative, target.unsqueeze(0), right=True)[0]
+        chosen = chosen.clamp_max(len(features) - 1)
         centroids.append(features[chosen])
         nearest = torch.minimum(nearest, ((features - features[chosen]) ** 2).sum(dim=1))
     return torch.stack(centroids).clone()

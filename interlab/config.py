@@ -49,6 +49,9 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool = True  # on every device (false = contiguous NCHW)
     compile: bool = False  # torch.compile every network a step calls (see Method)
+    # CUDA runs repeatable bit for bit: no cuDNN autotune, no TF32, deterministic kernels
+    # (slower). CPU runs are repeatable anyway.
+    deterministic: bool = False
     eval_every: int = 10  # kNN every N epochs (and always after the last one); 0 = last only
     knn_k: int = 200
     knn_temperature: float = 0.1

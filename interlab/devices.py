@@ -132,10 +132,19 @@ def run_precision(config: Any, device: torch.device) -> Precision:
     return precision_policy(device, config.amp, config.channels_last, config.compile)
 
 
-def configure_backends(device: torch.device) -> None:
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
     """Process-wide CUDA flags of the policy: TF32 matmuls and convolutions (bf16 autocast
-    covers the networks; TF32 speeds what runs in fp32, k-means included) and cuDNN autotune."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    covers the networks; TF32 speeds what runs in fp32, k-means included) and cuDNN autotune.
+
+    `deterministic` trades that speed for runs that repeat bit for bit: autotune picks
+    kernels by timing, so two runs (or a run and its resumed copy) may take different ones."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        # cuBLAS reads this when its handle is made: set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)

@@ -87,7 +87,7 @@ class Trainer:
         dist_utils.init_from_environment(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        configure_backends(self.device)
+        configure_backends(self.device, config.deterministic)
         self.precision = run_precision(config, self.device)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.out = Path(config.out)

@@ -135,3 +135,36 @@ def test_nearest_centroid_chunks_match_one_block(monkeypatch):
     assert torch.equal(whole, chunked)
     expected = torch.cdist(points, centroids).min(dim=1).values ** 2
     assert torch.allclose(distances, expected, atol=1e-4)
+
+
+def test_kmeans_plus_plus_draws_the_second_centre_in_proportion_to_squared_distance():
+    """Four points on a line, the first centre forced onto 0: the second is drawn with
+    probability D(x)^2 / sum D^2 = (0, 1, 4, 9) / 14; a point already a centre never again."""
+    points = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    counts = torch.zeros(4)
+    draws = 0
+    for seed in range(4000):
+        centres = cluster.kmeans_plus_plus(points, 2, torch.Generator().manual_seed(seed))
+        if centres[0, 0] == 0.0:
+            counts[int(centres[1, 0])] += 1
+            draws += 1
+    assert draws > 700  # the first centre is uniform: about a quarter of the seeds
+    expected = torch.tensor([0.0, 1.0, 4.0, 9.0]) / 14
+    assert counts[0] == 0
+    assert torch.allclose(counts / draws, expected, atol=0.04)
+
+
+def test_a_seed_picks_its_starting_points_from_a_cpu_generator(monkeypatch):
+    """CUDA generators give other streams than the CPU's: seeding must not use the features'
+    device generator, or the same seed clusters differently on a GPU."""
+    made_on = []
+    real_generator = torch.Generator
+
+    def recording_generator(*args, **kwargs):
+        made_on.append(kwargs.get("device", args[0] if args else None))
+        return real_generator(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "Generator", recording_generator)
+    points = torch.randn(300, 4, generator=real_generator().manual_seed(0))
+    cluster.initial_centroids(points, 5, seed=1)
+    assert made_on == [None]  # the default (CPU) generator, whatever the features' device

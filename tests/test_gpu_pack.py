@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -88,13 +89,20 @@ def test_queue_runs_in_order_records_at_once_and_continues_where_it_stopped(
 
 
 def test_an_earlier_attempts_duration_counts_against_the_budget(pack, tmp_path):
+    """...when it ran the same command: the first H200 call's 535 s gpu_tests (a stuck compile
+    test) must not keep the split, time-limited gpu_tests from ever running again."""
     out = tmp_path / "results"
     out.mkdir()
-    earlier = {"item": "slow", "status": "failed", "duration_s": 500.0, "error": "timed out"}
-    (out / "gpu.jsonl").write_text(json.dumps(earlier) + "\n")
     items = [pack.Item("slow", python("print('{}')"), 1, "speed")]
+    same = shlex.join(["/elsewhere/python3", *items[0].command[1:]])
+    earlier = {"item": "slow", "status": "failed", "duration_s": 500.0, "command": same}
+    (out / "gpu.jsonl").write_text(json.dumps(earlier) + "\n")
     (record,) = pack.run_pack(items, budget_s=100, out_dir=out, env=ENV)
     assert record["status"] == "refused" and "needs ~500 s" in record["reason"]
+    older = {**earlier, "command": shlex.join([sys.executable, "-c", "print('older')"])}
+    (out / "gpu.jsonl").write_text(json.dumps(older) + "\n")
+    (record,) = pack.run_pack(items, budget_s=100, out_dir=out, env=ENV)
+    assert record["status"] == "ok"
 
 
 def test_a_hung_item_is_killed_at_the_budget_left_and_recorded(pack, tmp_path):
@@ -233,8 +241,13 @@ def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
     items = pack.default_items("npz:.gpudata/cifar10.npz")
     names = [item.name for item in items]
     assert len(set(names)) == len(names)
-    assert names[:5] == ["gpu_tests", "augment_speed", "moco_throughput", "kmeans", "step_time"]
-    runs = list(dict.fromkeys(item.slice.run for item in items[5:]))
+    assert names[:6] == [
+        "gpu_tests", "augment_speed", "moco_throughput", "kmeans", "step_time", "gpu_compile_tests"
+    ]  # fmt: skip
+    tests, compile_tests = items[0].command, items[5].command
+    assert tests[tests.index("-k") + 1] == "not " + compile_tests[compile_tests.index("-k") + 1]
+    assert all(any(p.startswith("--timeout=") for p in c) for c in (tests, compile_tests))
+    runs = list(dict.fromkeys(item.slice.run for item in items[6:]))
     assert runs[:3] == ["moco_100ep", "moco_200ep", "interclr_100ep"]
     assert len(runs) == 8  # + five study variants
     for item in items:
@@ -250,4 +263,4 @@ def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
         assert parts[0].run_dir.is_relative_to(ROOT / "benchmarks" / "out")
     # Measured step rates replace the guessed epoch time in the training estimates.
     measured = [{"item": "moco_throughput", "status": "ok", "figures": {"cifar10_epoch_s": 2.0}}]
-    assert items[5].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)
+    assert items[6].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from interlab.config import build_config
-from interlab.devices import full_precision, native_bf16, precision_policy
+from interlab.devices import configure_backends, full_precision, native_bf16, precision_policy
 from interlab.methods import METHOD_NAMES
 from interlab.train import Trainer
 
@@ -140,3 +140,48 @@ def test_compile_compiles_every_network_a_step_calls(method, tmp_path, mixed_npz
     assert modules and all(m._compiled_call_impl is not None for m in modules)
     assert counters["stats"]["unique_graphs"] >= 1, dict(counters["stats"])
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+@pytest.fixture
+def saved_backend_flags():
+    """configure_backends sets process-wide flags: put them back for the tests that follow."""
+    flags = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[:2]
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[2:4]
+    torch.use_deterministic_algorithms(flags[4])
+
+
+def cuda_flags() -> tuple[bool, bool, bool, bool, bool]:
+    return (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+    )
+
+
+def test_deterministic_turns_off_autotune_and_tf32_and_back(saved_backend_flags):
+    """Found on an H200: with cuDNN autotune a resumed run drifted from an uninterrupted one.
+    The flags are process-wide, so a later fast run must switch them back on."""
+    cuda = torch.device("cuda")
+    configure_backends(cuda, deterministic=True)
+    assert cuda_flags() == (False, True, False, False, True)
+    configure_backends(cuda, deterministic=False)
+    assert cuda_flags() == (True, False, True, True, False)
+
+
+def test_the_trainer_passes_its_deterministic_key(monkeypatch, tmp_path, saved_backend_flags):
+    seen = []
+    monkeypatch.setattr("interlab.train.configure_backends", lambda d, det: seen.append(det))
+    keys = {"method": "moco", "data": "cifar10-mini", "device": "cpu", "out": str(tmp_path)}
+    Trainer(build_config({**keys, "deterministic": True}), progress=False)
+    Trainer(build_config(keys), progress=False)
+    assert seen == [True, False]
