@@ -8,6 +8,7 @@ precision policy), in eval mode, L2-normalised, batch by batch into one prealloc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,15 @@ def extract_features(
     finally:
         for module, training in modes:
             module.training = training
+
+
+def features_as_trained(method: Any, network: nn.Module, images: Tensor) -> Tensor:
+    """`network`'s features of `images` as `method` sees them: its augmentation's mean and
+    std, its precision policy; quiet (the callers embed small sets or many times)."""
+    aug = method.augment.config
+    return extract_features(
+        network, images, mean=aug.mean, std=aug.std, progress=False, precision=method.precision
+    )
 
 
 def _features_in_batches(

@@ -9,7 +9,7 @@ import torch
 from interlab.lessons import beyond as lesson
 from interlab.lessons.checking import FAIL_MARK
 from interlab.lessons.solutions import beyond as solutions
-from tests.test_lessons_negatives import assert_lesson_passed, execute, unfinished
+from tests.lesson_runs import assert_lesson_passed, execute, unfinished
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "lessons" / "07_beyond_one_image.ipynb"
 

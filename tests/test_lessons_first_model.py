@@ -3,18 +3,13 @@ answers; the notebook executed headless with solutions (slow)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from interlab.lessons import first_model as lesson
-from interlab.lessons.checking import FAIL_MARK, PASS_MARK
 from interlab.lessons.solutions import first_model as solutions
 from interlab.methods.moco import fifo_write
-
-
-def unfinished(*_args): ...  # what the exercise cell holds before the student writes anything
+from tests.lesson_runs import LESSONS, assert_lesson_passed, execute, unfinished
 
 
 def test_knn_check_right_wrong_unfinished() -> None:
@@ -91,26 +86,8 @@ def test_figures_name_classes() -> None:
 
 @pytest.mark.slow
 def test_notebook_runs_with_solutions(tmp_path) -> None:
-    import papermill
-
-    from interlab.lab.paths import notebooks_dir
-
-    notebook = notebooks_dir() / "lessons" / "03_first_model.ipynb"
-    executed = tmp_path / notebook.name
-    papermill.execute_notebook(
-        str(notebook),
-        str(executed),
-        parameters={"solutions": True, "epochs": 2, "out_dir": str(tmp_path / "run"),
-                    "umap_images": 300},
-        cwd=str(notebook.parent),
-        progress_bar=False,
+    notebook = execute(
+        LESSONS / "03_first_model.ipynb", tmp_path,
+        epochs=2, out_dir=str(tmp_path / "run"), umap_images=300,
     )  # fmt: skip
-    outputs = [o for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", [])]
-    text = json.dumps(outputs, ensure_ascii=False)  # the marks are emoji
-    assert FAIL_MARK not in text
-    assert not any(o.get("output_type") == "error" for o in outputs)
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4
-    verdicts = [
-        "".join(o["data"]["text/markdown"]) for o in outputs if "text/markdown" in o.get("data", {})
-    ]
-    assert len(verdicts) == 3 and all(PASS_MARK in verdict for verdict in verdicts)
+    assert_lesson_passed(notebook, min_figures=4)

@@ -3,7 +3,6 @@ the notebook executed headless with the solutions."""
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
@@ -21,6 +20,7 @@ from interlab.lessons.infonce import (
 )
 from interlab.lessons.solutions import infonce as solutions
 from interlab.losses import info_nce
+from tests.lesson_runs import assert_lesson_passed, execute
 
 LESSON = Path(__file__).parents[1] / "notebooks" / "lessons" / "02_infonce.ipynb"
 
@@ -164,19 +164,4 @@ def test_temperature_explorer_draws_static_figures(monkeypatch):
 
 @pytest.mark.slow
 def test_lesson_runs_headless_with_solutions(tmp_path):
-    papermill = pytest.importorskip("papermill")
-    executed = tmp_path / LESSON.name
-    papermill.execute_notebook(
-        str(LESSON),
-        str(executed),
-        parameters={"solutions": True},
-        cwd=str(LESSON.parent),
-        progress_bar=False,
-    )
-    notebook = nbformat.read(executed, as_version=4)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    texts = [str(o.get("text", "")) + str(o.get("data", {})) for o in outputs]
-    assert not [t for t in texts if FAIL_MARK in t]
-    assert sum("✅" in t for t in texts) == 3
-    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert_lesson_passed(execute(LESSON, tmp_path))

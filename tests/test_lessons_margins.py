@@ -13,7 +13,7 @@ from interlab.lab.explore.margin import margin_curves
 from interlab.lessons import margins as lesson
 from interlab.lessons.checking import FAIL_MARK
 from interlab.lessons.solutions import margins as solutions
-from tests.test_lessons_negatives import assert_lesson_passed, execute, unfinished
+from tests.lesson_runs import assert_lesson_passed, execute, unfinished
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "lessons" / "06_margins.ipynb"
 

@@ -11,11 +11,9 @@ from interlab.lessons import negatives as lesson
 from interlab.lessons.checking import FAIL_MARK
 from interlab.lessons.solutions import negatives as solutions
 from interlab.sampling import sample_negatives
+from tests.lesson_runs import assert_lesson_passed, execute, unfinished
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "lessons" / "05_negatives.ipynb"
-
-
-def unfinished(*_args): ...  # a student's function before they write it
 
 
 def test_toy_bank_is_reproducible_and_its_hardest_negative_is_false():
@@ -102,35 +100,6 @@ def test_false_negative_rate_plot():
     fig = lesson.plot_false_negative_rates({"hard": 0.2, "random": 0.1}, 0.1, 16)
     assert fig.axes[0].get_ylabel() == "false-negative rate"
     plt.close(fig)
-
-
-def execute(notebook: Path, out: Path, **parameters) -> dict:
-    import nbformat
-    import papermill
-
-    executed = out / notebook.name
-    papermill.execute_notebook(
-        str(notebook),
-        str(executed),
-        parameters={"solutions": True, **parameters},
-        cwd=str(notebook.parent),
-        progress_bar=False,
-    )
-    return nbformat.read(executed, as_version=4)
-
-
-def assert_lesson_passed(notebook: dict) -> None:
-    images = 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            assert output.get("output_type") != "error", output.get("evalue")
-            data = output.get("data", {})
-            text = "".join(output.get("text", "")) + "".join(
-                str(v) for k, v in data.items() if k.startswith("text/")
-            )
-            assert FAIL_MARK not in text, text
-            images += "image/png" in data
-    assert images >= 1
 
 
 @pytest.mark.slow

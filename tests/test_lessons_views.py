@@ -3,13 +3,11 @@ curve's JSON; the notebook executed headless with the solutions."""
 
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
 from interlab.augment import AugmentConfig
 from interlab.data import load_dataset
-from interlab.lessons.checking import FAIL_MARK
 from interlab.lessons.solutions import views as solutions
 from interlab.lessons.views import (
     PRESETS,
@@ -24,6 +22,7 @@ from interlab.lessons.views import (
     view_difference,
     views_config,
 )
+from tests.lesson_runs import assert_lesson_passed, execute
 
 LESSON = Path(__file__).parents[1] / "notebooks" / "lessons" / "01_views.ipynb"
 CURVE = {
@@ -132,19 +131,5 @@ def test_views_explorer_labels_and_static_figures(monkeypatch):
 
 @pytest.mark.slow
 def test_lesson_runs_headless_with_solutions(tmp_path):
-    papermill = pytest.importorskip("papermill")
-    executed = tmp_path / LESSON.name
-    papermill.execute_notebook(
-        str(LESSON),
-        str(executed),
-        parameters={"solutions": True},
-        cwd=str(LESSON.parent),
-        progress_bar=False,
-    )
-    notebook = nbformat.read(executed, as_version=4)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    texts = [str(o.get("text", "")) + str(o.get("data", {})) for o in outputs]
-    assert not [t for t in texts if FAIL_MARK in t]
-    assert sum("✅" in t for t in texts) == 3
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1 + len(PRESETS) + 1
+    notebook = execute(LESSON, tmp_path)
+    assert_lesson_passed(notebook, min_figures=1 + len(PRESETS) + 1)

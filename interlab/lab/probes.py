@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from interlab.config import TrainConfig
 from interlab.data import ImageSet, load_dataset
-from interlab.features import extract_features
+from interlab.features import features_as_trained
 from interlab.lab.report import finished_checkpoint
 from interlab.losses import MARGIN_KINDS, apply_margin, positive_probability
 from interlab.sampling import (
@@ -66,15 +66,7 @@ def probe_bank(
 @torch.no_grad()
 def query_embeddings(method: Any, images: torch.Tensor) -> torch.Tensor:
     """Projection embeddings of un-augmented images, as the bank's features are compared."""
-    aug = method.augment.config
-    return extract_features(
-        method.encoder,
-        images,
-        mean=aug.mean,
-        std=aug.std,
-        progress=False,
-        precision=method.precision,
-    )
+    return features_as_trained(method, method.encoder, images)
 
 
 def draw_negatives(

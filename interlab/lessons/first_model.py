@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from interlab.evaluate import knn_predict
-from interlab.features import extract_features
+from interlab.features import features_as_trained
 from interlab.lab.explore.display import redraw, show_with_static
 from interlab.lab.plots import show_image
 from interlab.lessons.checking import Verdict, as_tensor, call_answer, compare, failed, passed
@@ -46,15 +46,7 @@ def show_figure(fig: Figure) -> None:
 # ---- embeddings before and after training -----------------------------------------------------
 def backbone_features(method: Any, images: Tensor) -> Tensor:
     """L2-normalised backbone features of uint8 images, as the method's kNN evaluation sees them."""
-    aug = method.augment.config
-    return extract_features(
-        method.backbone,
-        images,
-        mean=aug.mean,
-        std=aug.std,
-        progress=False,
-        precision=method.precision,
-    ).cpu()
+    return features_as_trained(method, method.backbone, images).cpu()
 
 
 def umap_points(features: Tensor, seed: int = 0) -> np.ndarray:

@@ -150,24 +150,31 @@ def _index_verdict(
     return failed(exercise, f"{what} should be {len(expected)} entries; yours differ")
 
 
+def _answers_on_toy_banks(
+    exercise: str, function: Any, size: int
+) -> tuple[list[tuple[ToyBank, Any]], Verdict | None]:
+    """The student's answer on toy banks 0 and 1 (given copies), or the verdict of a crash."""
+    answers = []
+    for seed in (0, 1):
+        toy = toy_bank(seed)
+        bank = (toy.similarity.clone(), toy.clusters.clone(), toy.query_cluster)
+        answer, problem = call_answer(exercise, function, *bank, size)
+        if problem is not None:
+            return [], problem
+        answers.append((toy, answer))
+    return answers, None
+
+
 def check_hard_negatives(function: Any, count: int = 4) -> Verdict:
     """Exercise 5.1: `function(similarity, clusters, query_cluster, count)` -> hard negatives.
 
     Right when it returns what `sample_negatives(..., "hard", count)` draws, on two toy banks.
     """
     exercise = "5.1 hard negatives"
-    for seed in (0, 1):
-        toy = toy_bank(seed)
-        answer, problem = call_answer(
-            exercise,
-            function,
-            toy.similarity.clone(),
-            toy.clusters.clone(),
-            toy.query_cluster,
-            count,
-        )
-        if problem is not None:
-            return problem
+    answers, problem = _answers_on_toy_banks(exercise, function, count)
+    if problem is not None:
+        return problem
+    for toy, answer in answers:
         expected = package_negatives(toy, "hard", count, count)
         verdict = _index_verdict(exercise, toy, answer, expected, True, "hard negatives")
         if not verdict:
@@ -186,18 +193,10 @@ def check_semihard_pool(function: Any, pool: int = 8, count: int = 3) -> Verdict
     cluster (any order) and holds every semi-hard draw of `interlab.sampling` over 50 seeds.
     """
     exercise = "5.2 semi-hard pool"
-    for seed in (0, 1):
-        toy = toy_bank(seed)
-        answer, problem = call_answer(
-            exercise,
-            function,
-            toy.similarity.clone(),
-            toy.clusters.clone(),
-            toy.query_cluster,
-            pool,
-        )
-        if problem is not None:
-            return problem
+    answers, problem = _answers_on_toy_banks(exercise, function, pool)
+    if problem is not None:
+        return problem
+    for toy, answer in answers:
         expected = package_negatives(toy, "hard", pool, pool)
         verdict = _index_verdict(exercise, toy, answer, expected, False, "the pool")
         if not verdict:

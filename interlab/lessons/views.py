@@ -140,33 +140,16 @@ class ViewsExplorer:
         self.images = images
         self.indices = list(indices)
         wide = widgets.Layout(width="480px")
-        self.min_area = widgets.FloatSlider(
-            value=0.2,
-            min=0.02,
-            max=1.0,
-            step=0.02,
-            description="minimum crop area (fraction of the image)",
-            style=WIDE,
-            layout=wide,
-        )
-        self.jitter = widgets.FloatSlider(
-            value=1.0,
-            min=0.0,
-            max=2.5,
-            step=0.1,
-            description="colour jitter strength (x MoCo v2's)",
-            style=WIDE,
-            layout=wide,
-        )
-        self.gray = widgets.FloatSlider(
-            value=0.2,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            description="grayscale probability",
-            style=WIDE,
-            layout=wide,
-        )
+
+        def slider(value: float, low: float, high: float, step: float, label: str):
+            return widgets.FloatSlider(
+                value=value, min=low, max=high, step=step, description=label,
+                style=WIDE, layout=wide,
+            )  # fmt: skip
+
+        self.min_area = slider(0.2, 0.02, 1.0, 0.02, "minimum crop area (fraction of the image)")
+        self.jitter = slider(1.0, 0.0, 2.5, 0.1, "colour jitter strength (x MoCo v2's)")
+        self.gray = slider(0.2, 0.0, 1.0, 0.05, "grayscale probability")
         self.flip = widgets.Checkbox(value=True, description="random horizontal flip", style=WIDE)
         self.seed = widgets.IntSlider(
             value=0, min=0, max=99, description="random draw", style=WIDE, layout=wide

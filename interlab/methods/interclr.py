@@ -27,7 +27,7 @@ from interlab.augment import AugmentConfig
 from interlab.cluster import BACKENDS, cluster_scores, kmeans
 from interlab.data import ImageSet
 from interlab.distributed import gather_cat
-from interlab.features import extract_features
+from interlab.features import features_as_trained
 from interlab.losses import MARGIN_KINDS, margin_nce
 from interlab.memory import MemoryBank
 from interlab.methods.base import MethodSetup
@@ -186,15 +186,7 @@ class InterCLR(MoCo):
     @torch.no_grad()
     def embed_training_set(self) -> Tensor:
         """Projection-head embeddings (L2-normalised) of every un-augmented training image."""
-        aug = self.augment.config
-        return extract_features(
-            self.encoder,
-            self.train_images,
-            mean=aug.mean,
-            std=aug.std,
-            progress=False,
-            precision=self.precision,
-        )
+        return features_as_trained(self, self.encoder, self.train_images)
 
     def cluster_training_set(self, seed: int) -> tuple[Tensor, Tensor]:
         features = self.embed_training_set()
