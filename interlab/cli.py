@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from interlab.config import build_config, load_named_config, parse_assignment
@@ -94,6 +95,30 @@ def add_quickstart_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: 20 on CPU, 100 on GPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/quickstart")
+
+
+def add_prepare_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "prepare", help="convert an image (or --frames) tree into JPEG shards for shards:DIR"
+    )
+    p.add_argument("source", help="ImageFolder tree (CLASS/IMAGE, optionally under train/ val/)")
+    p.add_argument("--out", required=True, help="the shards folder (resumes what it holds)")
+    p.add_argument("--max-side", type=int, default=256, help="cap on the shorter side (px)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of re-encoded images")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, <= 8)")
+    p.add_argument("--frames", action="store_true", help="one folder per video, no classes")
+    p.add_argument("--shard-images", type=int, default=1000, help="images per shard file")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from interlab.data.prepare import prepare
+
+    summary = prepare(
+        args.source, args.out, max_side=args.max_side, quality=args.quality,
+        workers=args.workers, frames=args.frames, shard_images=args.shard_images,
+    )  # fmt: skip
+    print(summary.line(Path(args.out)))
+    return 0
 
 
 def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
@@ -233,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(commands)
     add_quickstart_parser(commands)
     add_sweep_parsers(commands)
+    add_prepare_parser(commands)
     return parser
 
 
@@ -244,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "quickstart": run_quickstart,
         "sweep": run_sweep_command,
         "report": run_report,
+        "prepare": run_prepare,
     }
     try:
         return runners[args.command](args)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from interlab.augment import CIFAR10_MEAN, CIFAR10_STD, check_uint8_images, to_float
+from interlab.data.shards import ShardImages
 from interlab.devices import Precision, full_precision
 
 # Defaults for callers without an augmentation config; callers that have one pass its
@@ -43,7 +44,8 @@ def extract_features(
     policy (autocast, memory format), so features are computed as the network trained;
     None = fp32.
     """
-    check_uint8_images(images)
+    if not isinstance(images, ShardImages):
+        check_uint8_images(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = _compute_device(backbone, device)
@@ -84,9 +86,7 @@ def _features_in_batches(
     for start in tqdm(
         range(0, count, batch_size), desc="features", leave=False, disable=not progress
     ):
-        batch = to_float(
-            images[start : start + batch_size].to(device, non_blocking=True), mean, std
-        )
+        batch = to_float(_uint8_batch(images, start, start + batch_size, device), mean, std)
         with precision.autocast():
             output = backbone(precision.images(batch))
         output = F.normalize(output.float().flatten(1), dim=1)
@@ -94,6 +94,15 @@ def _features_in_batches(
             features = torch.empty(count, output.shape[1], device=device, dtype=torch.float32)
         features[start : start + output.shape[0]] = output
     return features
+
+
+def _uint8_batch(
+    images: Tensor | ShardImages, start: int, stop: int, device: torch.device
+) -> Tensor:
+    """Rows start:stop on `device`: a slice of an in-memory set, or decoded from shards."""
+    if isinstance(images, ShardImages):
+        return images.batch(start, stop).to(device, non_blocking=True)
+    return images[start:stop].to(device, non_blocking=True)
 
 
 def _compute_device(backbone: nn.Module, device: torch.device | str | None) -> torch.device:

@@ -27,6 +27,7 @@ from interlab.checkpoint import (
 )
 from interlab.config import TrainConfig
 from interlab.data import ImageSet, load_dataset
+from interlab.data.shards import ShardSet
 from interlab.devices import (
     configure_backends,
     resolve_auto_backbone,
@@ -73,7 +74,7 @@ def load_train_data(
         return train_set, None, None
     try:
         test_set = load_dataset(config.data, "test", root=config.data_root).to(device)
-    except ValueError:
+    except (ValueError, FileNotFoundError):  # no test split (a prepared folder without val/)
         return train_set, None, None
     return train_set, train_set, test_set
 
@@ -121,9 +122,22 @@ class Trainer:
         self.metrics: list[dict[str, Any]] = []
 
     # ---- set-up -------------------------------------------------------------------------
+    def _stream_at(self, method: Method, size: int) -> None:
+        """Shards: the method must take full-size batches; evaluation crops at the run's size."""
+        problem = method.shard_problem(self.train_set)
+        if problem is not None:
+            raise ValueError(
+                f"method {method.name!r} cannot train from {self.train_set.name}: {problem}"
+            )
+        for image_set in (self.train_set, self.memory_set, self.test_set):
+            if image_set is not None:
+                image_set.eval_size = size
+
     def _build_method(self) -> Method:
         augment = self.config.augment_config(self.train_set.image_size)
         method = build_method(self.config, augment, len(self.train_set)).to(self.device)
+        if isinstance(self.train_set, ShardSet):
+            self._stream_at(method, augment.size)
         self.config.method_options.update(method.resolved_options())  # config.yaml records them
         if self.world > 1 and self.device.type == "cuda":
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -228,7 +242,10 @@ class Trainer:
         batch = self.config.batch_size
         sums: dict[str, Tensor] = {}
         start = time.perf_counter()
+        streamed = isinstance(self.train_set, ShardSet)
         for i in range(self.steps_per_epoch):
+            if streamed and i + 1 < self.steps_per_epoch:  # decode the next batch meanwhile
+                self.train_set.prefetch(order[(i + 1) * batch : (i + 2) * batch])
             outputs = self.train_step(order[i * batch : (i + 1) * batch])
             for key, value in outputs.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()

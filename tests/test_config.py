@@ -155,8 +155,39 @@ RESOLVED_SIZES = {
 }
 
 
+IMAGENET_CONFIGS = ("moco_imagenet100", "interclr_imagenet100", "interclr_imagenet")
+
+
 def test_every_shipped_config_is_checked_below():
-    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(RESOLVED_SIZES)
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert shipped == sorted([*RESOLVED_SIZES, *IMAGENET_CONFIGS])
+
+
+def test_imagenet100_configs_build_a_resnet50_at_224_with_the_scaled_sizes():
+    """ImageNet-100's 126,689 images: the ImageNet stem, the 2048-2048-128 head, and for
+    InterCLR the release's sizes scaled by its own ratios (README, Data beyond memory)."""
+    for name in IMAGENET_CONFIGS[:2]:
+        config = build_config({**load_named_config(name), "device": "cpu"})
+        assert (config.backbone, config.cifar_stem, config.augment["size"]) == (
+            "resnet50",
+            False,
+            224,
+        )
+        method = build_method(config, config.augment_config(224), 126_689)
+        assert method.backbone.conv1.kernel_size == (7, 7)
+        assert tuple(method.queue.shape) == (16_384, 128)
+        linears = [m for m in method.encoder.head.layers if isinstance(m, nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(2048, 2048), (2048, 128)]
+    assert method.resolved_options() == {
+        "queue_size": 16_384, "num_clusters": 1000, "num_negatives": 1650, "pool": 12_700,
+    }  # fmt: skip
+    full = build_config(load_named_config("interclr_imagenet")).method_options
+    assert (full["num_clusters"], full["num_negatives"], full["pool"], full["queue_size"]) == (
+        10_000,
+        16_384,
+        128_000,
+        65_536,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(RESOLVED_SIZES))

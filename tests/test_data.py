@@ -117,7 +117,7 @@ def test_pillow_fallback_decoder_matches_torchvision_decoder() -> None:
     files = compact_jpeg._join_header_and_scans(
         arrays["jpeg_header"], arrays["test_scans"], arrays["test_offsets"]
     )[:50]
-    torchvision_decode = compact_jpeg._torchvision_decoder()
+    torchvision_decode = compact_jpeg.torchvision_decoder()
     assert torchvision_decode is not None
     cpu = torch.device("cpu")
     fast = torch.stack(torchvision_decode(files, cpu))

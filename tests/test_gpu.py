@@ -136,3 +136,26 @@ def test_two_gpus_keep_weights_and_queue_identical(tmp_path):
     rank0, rank1 = spawn_two_ranks(nccl_rank, str(tmp_path / "ddp"), MINI, "nccl")
     for name, value in rank0["state"].items():
         torch.testing.assert_close(value, rank1["state"][name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_shards_stream_on_cuda_with_nvjpeg(tmp_path):
+    """Streaming from shards on CUDA: nvJPEG decodes the padded batch like the CPU decoder
+    (within its chroma-upsampling difference), and a short MoCo run trains from it."""
+    from interlab.data.prepare import prepare
+    from interlab.data.shards import ShardSet
+    from tests.test_prepare import make_tree
+
+    make_tree(tmp_path / "tree", per_class=12)
+    prepare(tmp_path / "tree", tmp_path / "shards", max_side=96, workers=1, progress=False)
+    data = ShardSet(tmp_path / "shards")
+    rows = torch.arange(0, len(data), 3)
+    on_cpu, cpu_sizes = data.padded_batch(rows, "cpu")
+    on_cuda, cuda_sizes = data.padded_batch(rows, "cuda")
+    assert torch.equal(cpu_sizes, cuda_sizes.cpu())
+    assert (on_cuda.cpu().float() - on_cpu.float()).abs().mean() < 1.5
+    config = cuda_config(
+        tmp_path / "run", data=f"shards:{tmp_path / 'shards'}", batch_size=16,
+        max_steps_per_epoch=2, **{"aug.size": 32},
+    )  # fmt: skip
+    result = train(config, progress=False)
+    assert result.final["step"] == 2 and torch.isfinite(torch.tensor(result.final["loss"]))

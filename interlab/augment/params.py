@@ -52,12 +52,19 @@ def sample_params(
     width: int,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    sizes: Tensor | None = None,
 ) -> AugmentParams:
-    """Draw every sample's parameters with one uniform draw from `generator` (global RNG if None)."""
+    """Draw every sample's parameters with one uniform draw from `generator` (global RNG if None).
+
+    `sizes` (B, 2): each image's own (height, width) inside a padded (height, width) batch;
+    its crop box is drawn from that region, as RandomResizedCrop would on the image alone."""
     for name, value in (("batch", batch), ("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     device = torch.device(device)
+    if sizes is not None:
+        _check_sizes(sizes, batch, height, width)
+        height, width = sizes[:, 0].to(device), sizes[:, 1].to(device)
     _check_generator(generator, device)
     low, span, coin_p = _draw_ranges(cfg, device)
     u = torch.rand(batch, _N_UNIFORMS, device=device, generator=generator)
@@ -76,6 +83,19 @@ def sample_params(
         blur_sigma=torch.where(coins[:, 2], draws[:, _BLUR_SIGMA], 0.0),
         flip=coins[:, 3],
     )
+
+
+def _check_sizes(sizes: object, batch: int, height: int, width: int) -> None:
+    if not isinstance(sizes, Tensor) or sizes.shape != (batch, 2) or sizes.is_floating_point():
+        shape = tuple(sizes.shape) if isinstance(sizes, Tensor) else type(sizes).__name__
+        raise ValueError(f"sizes must be an integer tensor of shape ({batch}, 2), got {shape}")
+    # one check of the whole batch (a single sync), only where the sizes come from a caller
+    if bool(
+        (
+            (sizes < 1) | (sizes[:, 0] > height).unsqueeze(1) | (sizes[:, 1] > width).unsqueeze(1)
+        ).any()
+    ):
+        raise ValueError(f"sizes must lie in [1, {height}] x [1, {width}] (the padded batch)")
 
 
 def check_params(params: object, batch: int) -> None:
@@ -124,39 +144,51 @@ def _draw_ranges(cfg: AugmentConfig, device: torch.device) -> tuple[Tensor, Tens
 
 
 def _centre_crop_fallback(
-    height: int, width: int, ratio: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop fallback after 10 rejected tries: a central crop."""
+    height: Tensor, width: Tensor, ratio: tuple[float, float]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's RandomResizedCrop fallback after 10 rejected tries: a central crop.
+
+    Per sample, in float64 as Python computes it (round half to even, floor division)."""
+    height, width = height.double(), width.double()
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        w, h = round(height * max(ratio)), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    w = torch.where(wide, torch.round(height * max(ratio)), width)
+    h = torch.where(narrow, torch.round(width / min(ratio)), height)
+    return torch.floor((height - h) / 2), torch.floor((width - w) / 2), h, w
 
 
-def _sample_boxes(draws: Tensor, height: int, width: int, ratio: tuple[float, float]) -> Tensor:
+def _per_sample(value: int | Tensor, like: Tensor) -> Tensor:
+    """A height or width, one for the batch or one per sample, as a float32 (B,) column."""
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=torch.float32)
+    return torch.full((like.shape[0],), float(value), device=like.device)
+
+
+def _sample_boxes(
+    draws: Tensor, height: int | Tensor, width: int | Tensor, ratio: tuple[float, float]
+) -> Tensor:
     """RandomResizedCrop.get_params for every sample: 10 candidates at once, first valid wins.
 
     draws: the scaled uniform draw (area fractions and log aspect ratios already in range).
+    height, width: the image size, or each sample's own (B,) size (images of several sizes
+    padded into one batch: each crop stays inside its own image).
     """
-    area = (height * width) * draws[:, _AREA]
+    h, w = _per_sample(height, draws), _per_sample(width, draws)
+    area = (h * w).unsqueeze(1) * draws[:, _AREA]
     aspect = torch.exp(draws[:, _LOG_RATIO])
     cand_w = torch.round(torch.sqrt(area * aspect))
     cand_h = torch.round(torch.sqrt(area / aspect))
-    valid = (cand_w >= 1) & (cand_w <= width) & (cand_h >= 1) & (cand_h <= height)
+    valid = (cand_w >= 1) & (cand_w <= w.unsqueeze(1)) & (cand_h >= 1) & (cand_h <= h.unsqueeze(1))
     tries = torch.arange(_CROP_TRIES, device=draws.device)
     first = torch.where(valid, tries, _CROP_TRIES).amin(dim=1, keepdim=True)
     found = first.squeeze(1) < _CROP_TRIES
     pick = first.clamp(max=_CROP_TRIES - 1)
-    f_top, f_left, f_h, f_w = _centre_crop_fallback(height, width, ratio)
-    box_h = torch.where(found, cand_h.gather(1, pick).squeeze(1), float(f_h))
-    box_w = torch.where(found, cand_w.gather(1, pick).squeeze(1), float(f_w))
+    f_top, f_left, f_h, f_w = (f.float() for f in _centre_crop_fallback(h, w, ratio))
+    box_h = torch.where(found, cand_h.gather(1, pick).squeeze(1), f_h)
+    box_w = torch.where(found, cand_w.gather(1, pick).squeeze(1), f_w)
     # randint(0, n - size + 1) as floor(u * (n - size + 1)), guarded against rounding up.
-    top = torch.minimum(torch.floor(draws[:, _TOP] * (height - box_h + 1)), height - box_h)
-    left = torch.minimum(torch.floor(draws[:, _LEFT] * (width - box_w + 1)), width - box_w)
-    top = torch.where(found, top, float(f_top))
-    left = torch.where(found, left, float(f_left))
+    top = torch.minimum(torch.floor(draws[:, _TOP] * (h - box_h + 1)), h - box_h)
+    left = torch.minimum(torch.floor(draws[:, _LEFT] * (w - box_w + 1)), w - box_w)
+    top = torch.where(found, top, f_top)
+    left = torch.where(found, left, f_left)
     return torch.stack([top, left, box_h, box_w], dim=1).to(torch.int64)

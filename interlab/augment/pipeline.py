@@ -35,10 +35,14 @@ class Augment:
     def __repr__(self) -> str:
         return f"Augment({self.config!r})"
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, images: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None
+    ) -> Tensor:
+        """`sizes` (B, 2): each image's own (h, w) in a padded batch of images of several
+        sizes (streamed shards); each crop is drawn inside its own image."""
         check_uint8_images(images)
         b, h, w, _ = images.shape
-        return self.apply(images, self.sample_params(b, h, w, images.device, generator))
+        return self.apply(images, self.sample_params(b, h, w, images.device, generator, sizes))
 
     def sample_params(
         self,
@@ -47,9 +51,11 @@ class Augment:
         width: int,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
+        sizes: Tensor | None = None,
     ) -> AugmentParams:
-        """Draw every sample's parameters with one uniform draw from `generator` (global RNG if None)."""
-        return sample_params(self.config, batch, height, width, device, generator)
+        """Draw every sample's parameters with one uniform draw from `generator` (global RNG if
+        None); `sizes` (B, 2) are the images' own sizes inside a padded batch."""
+        return sample_params(self.config, batch, height, width, device, generator, sizes)
 
     @exact
     def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
@@ -78,11 +84,12 @@ def multi_crop(
     local_config: AugmentConfig | None = None,
     n_local: int = 0,
     generator: torch.Generator | None = None,
+    sizes: Tensor | None = None,
 ) -> list[Tensor]:
     """n_global views with global_config, then n_local views with local_config.
 
     Views of one kind are augmented as one big batch (fewer, larger kernels); each sample of
-    each view still draws its own parameters.
+    each view still draws its own parameters. `sizes`: the images' own sizes in a padded batch.
     """
     check_uint8_images(images)
     if not isinstance(global_config, AugmentConfig):
@@ -98,7 +105,8 @@ def multi_crop(
     views: list[Tensor] = []
     for config, n in ((global_config, n_global), (local_config, n_local)):
         if n > 0:
-            batch = Augment(config)(images.repeat(n, 1, 1, 1), generator)
+            repeated = None if sizes is None else sizes.repeat(n, 1)
+            batch = Augment(config)(images.repeat(n, 1, 1, 1), generator, repeated)
             views.extend(batch.chunk(n, dim=0))
     return views
 

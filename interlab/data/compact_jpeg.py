@@ -146,7 +146,7 @@ def _decode_jpeg_files(
     files: list[torch.Tensor], device: torch.device | str | None, where: str
 ) -> torch.Tensor:
     """Decodes same-sized JPEG files into uint8 (N, H, W, 3), naming the first bad one."""
-    decode = _torchvision_decoder() or _decode_with_pillow
+    decode = torchvision_decoder() or _decode_with_pillow
     target = torch.device(device) if device is not None else torch.device("cpu")
     try:
         decoded = decode(files, target)
@@ -172,7 +172,7 @@ def _first_undecodable(
     return None
 
 
-def _torchvision_decoder() -> JpegDecoder | None:
+def torchvision_decoder() -> JpegDecoder | None:
     """torchvision's libjpeg-turbo/nvJPEG decoder, or None where a build no longer ships it."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg

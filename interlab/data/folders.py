@@ -42,7 +42,7 @@ def load_folder(root: Path, split: str, size: int) -> ImageSet:
 def _split_folder_and_classes(root: Path, split: str) -> tuple[Path, list[str]]:
     """The folder holding ``split``; in a split tree the classes are those of all splits, so
     a class missing from one split keeps its index."""
-    split_dirs = _folder_split_dirs(root)
+    split_dirs = folder_split_dirs(root)
     if not split_dirs:
         if split != "train":
             raise ValueError(
@@ -58,7 +58,7 @@ def _split_folder_and_classes(root: Path, split: str) -> tuple[Path, list[str]]:
     return directory, classes
 
 
-def _folder_split_dirs(root: Path) -> dict[str, Path]:
+def folder_split_dirs(root: Path) -> dict[str, Path]:
     """Split subfolders when the tree is split (train/ plus test/ or val/), else empty."""
     present = {d: root / d for d in ("train", "test", "val") if (root / d).is_dir()}
     is_split_tree = "train" in present and ("test" in present or "val" in present)

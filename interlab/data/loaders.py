@@ -2,8 +2,9 @@
 
 Names understood: ``cifar10-mini`` (the embedded 6,000-image subset), ``cifar10``,
 ``cifar100``, ``stl10`` (torchvision, downloaded on first use), ``npz:PATH`` (the compact
-JPEG format of ``data/README.md``), ``folder:PATH`` (an ImageFolder tree) and ``frames:PATH``
-(one folder per video, read by :mod:`interlab.videos`).
+JPEG format of ``data/README.md``), ``folder:PATH`` (an ImageFolder tree), ``frames:PATH``
+(one folder per video, read by :mod:`interlab.videos`) and ``shards:DIR`` (an ``interlab
+prepare`` folder, streamed: a :class:`ShardSet` rather than an in-memory set).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from torchvision import datasets
 from interlab.data.compact_jpeg import PathLike, read_npz
 from interlab.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, load_folder
 from interlab.data.imageset import ImageSet, check_positive_int, check_split
+from interlab.data.shards import ShardSet
 
 DATASET_NAMES: tuple[str, ...] = ("cifar10-mini", "cifar10", "cifar100", "stl10")
-DATASET_PREFIXES: tuple[str, ...] = ("npz:", "folder:", "frames:")
+DATASET_PREFIXES: tuple[str, ...] = ("npz:", "folder:", "frames:", "shards:")
 CIFAR_SPLITS: tuple[str, ...] = ("train", "test")
 STL10_SPLITS: tuple[str, ...] = ("train", "test", "unlabeled", "train+unlabeled")
 
@@ -39,7 +41,7 @@ def load_dataset(
     root: PathLike | None = None,
     image_size: int | None = None,
     decode_device: DecodeDevice = None,
-) -> ImageSet:
+) -> ImageSet | ShardSet:
     """Loads a whole split by name (see :data:`DATASET_NAMES` and :data:`DATASET_PREFIXES`).
 
     ``root`` is where torchvision datasets live (default :func:`default_root`); a compact
@@ -51,6 +53,8 @@ def load_dataset(
         check_positive_int(image_size, "image_size")
     if not isinstance(name, str):
         raise ValueError(f"dataset name must be a str, got {type(name).__name__}")
+    if name.startswith("shards:"):
+        return load_shards(_path_after_prefix(name), split)
     image_set = _load_by_name(name, split, root, image_size, decode_device)
     if image_size is not None and image_size != image_set.image_size:
         image_set.images = _resize_square(image_set.images, image_size)
@@ -86,6 +90,13 @@ def _load_by_name(
         f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}, "
         f"or a path after one of the prefixes {', '.join(DATASET_PREFIXES)}"
     )
+
+
+def load_shards(directory: Path, split: str) -> ShardSet:
+    """A prepared folder's split, streamed; `test` falls back to `val/` (ImageNet's name)."""
+    if split == "test" and not (directory / "test").is_dir() and (directory / "val").is_dir():
+        split = "val"
+    return ShardSet(directory, split)
 
 
 def _path_after_prefix(name: str) -> Path:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from interlab.augment import Augment, AugmentConfig
 from interlab.data import ImageSet
+from interlab.data.shards import ShardSet
 from interlab.devices import Precision, full_precision
 from interlab.nets import MLPHead, build_backbone
 
@@ -134,12 +135,21 @@ class Method(nn.Module):
         for module in self.networks_to_compile():
             module.compile()
 
-    def make_views(self, images: Tensor) -> list[Tensor]:
-        """Two independently augmented views of each image (uint8 NHWC in, float NCHW out)."""
-        return [self.augment(images, self.generator), self.augment(images, self.generator)]
+    def make_views(self, images: Tensor, sizes: Tensor | None = None) -> list[Tensor]:
+        """Two independently augmented views of each image (uint8 NHWC in, float NCHW out);
+        `sizes`: the images' own sizes in a padded batch streamed from shards."""
+        return [self.augment(images, self.generator, sizes) for _ in range(2)]
 
-    def views_for(self, data: ImageSet, indices: Tensor) -> list[Tensor]:
-        """The step's views of items `indices` of `data` (video methods pick other frames here)."""
+    def shard_problem(self, data: ShardSet) -> str | None:
+        """Why this method cannot stream from `data`, or None: every view is drawn from the
+        full-size images of a padded batch (`make_views(images, sizes)`)."""
+        return None
+
+    def views_for(self, data: ImageSet | ShardSet, indices: Tensor) -> list[Tensor]:
+        """The step's views of items `indices` of `data` (video methods pick other frames here).
+        From shards the batch is decoded now, each crop drawn from its image's full size."""
+        if isinstance(data, ShardSet):
+            return self.make_views(*data.padded_batch(indices, data.device))
         return self.make_views(data.images[indices])
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:

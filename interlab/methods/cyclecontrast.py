@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from interlab.augment import AugmentConfig
 from interlab.data import ImageSet
+from interlab.data.shards import ShardSet
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import cycle_loss, info_nce
 from interlab.methods.base import MethodSetup
@@ -161,8 +162,23 @@ class CycleContrast(MoCo):
         index = self.video_index or VideoIndex(data.videos)
         return data.images[indices], data.images[index.other_frames(indices, self.generator)]
 
-    def views_for(self, data: ImageSet, indices: Tensor) -> list[Tensor]:
-        """[x_q, x_k] two crops of frame a, then x_b one crop of frame b, in one augment call."""
+    def shard_problem(self, data: ShardSet) -> str | None:
+        """Pseudo-videos render frames from fixed-size stills: shards need real video frames."""
+        if data.videos is None:
+            return "it needs frames shards (interlab prepare --frames) to stream"
+        return None
+
+    def views_for(self, data: ImageSet | ShardSet, indices: Tensor) -> list[Tensor]:
+        """[x_q, x_k] two crops of frame a, then x_b one crop of frame b, in one augment call.
+        From frames shards both frames are decoded in one padded batch."""
+        if isinstance(data, ShardSet):
+            index = self.video_index or VideoIndex(data.videos)
+            other = index.other_frames(indices, self.generator)
+            frames, sizes = data.padded_batch(torch.cat([indices, other]), data.device)
+            (frame_a, frame_b), (size_a, size_b) = frames.chunk(2), sizes.chunk(2)
+            abb = torch.cat([frame_a, frame_a, frame_b])
+            views = self.augment(abb, self.generator, torch.cat([size_a, size_a, size_b]))
+            return list(views.chunk(3))
         frame_a, frame_b = self.frame_pair(data, indices)
         views = self.augment(torch.cat([frame_a, frame_a, frame_b]), self.generator)
         return list(views.chunk(3))

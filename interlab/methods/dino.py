@@ -145,12 +145,13 @@ class DINO(Method):
     def networks_to_compile(self) -> list[nn.Module]:
         return [net[part] for net in (self.student, self.teacher) for part in ("backbone", "head")]
 
-    def make_views(self, images: Tensor) -> list[Tensor]:
+    def make_views(self, images: Tensor, sizes: Tensor | None = None) -> list[Tensor]:
         """2 global crops at the data size, then `n_local` local crops at `local_size`."""
         o = self.options
         return multi_crop(
-            images, self.global_augment, N_GLOBAL, self.local_augment, o.n_local, self.generator
-        )
+            images, self.global_augment, N_GLOBAL, self.local_augment, o.n_local, self.generator,
+            sizes,
+        )  # fmt: skip
 
     def backbone_pass(
         self, backbone: nn.Module, images: Tensor

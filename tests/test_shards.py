@@ -1,0 +1,219 @@
+"""Streaming from shards (`--data shards:DIR`): reading, per-image crops, training and resume.
+
+Built on the generated tree of test_prepare (mixed JPEG/PNG, 40-500 px, grayscale, CMYK,
+broken files), prepared once at max side 96.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from interlab.augment import AugmentConfig
+from interlab.augment.params import _sample_boxes, sample_params
+from interlab.augment.pipeline import Augment
+from interlab.cli import main as cli_main
+from interlab.config import build_config
+from interlab.data import load_dataset
+from interlab.data.prepare import prepare
+from interlab.data.shards import ShardSet, centre_boxes
+from interlab.train import CHECKPOINT_NAME, Trainer, train
+from tests.test_prepare import make_tree
+
+SIZE = 32  # training crops: small enough for a CPU test
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    make_tree(root, per_class=48)
+    out = tmp_path_factory.mktemp("shards") / "out"
+    prepare(root, out, max_side=96, workers=1, shard_images=40, progress=False)
+    return out
+
+
+def test_reader_gives_labels_sizes_and_pillow_identical_pixels(shards):
+    data = ShardSet(shards, "train")
+    assert len(data) == 3 * 48 + 2 and data.classes == ["cat", "dog", "ship"]
+    assert data.has_labels and data.videos is None
+    rows = [0, 5, len(data) - 1]
+    for row, image in zip(rows, data.decode(rows), strict=True):
+        (jpeg,) = data.jpeg_files([row])
+        pillow = np.asarray(Image.open(io.BytesIO(jpeg.numpy().tobytes())).convert("RGB"))
+        assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(pillow.copy()))
+        assert list(image.shape[1:]) == data.sizes[row].tolist()
+
+
+def test_padded_batch_pastes_each_image_at_its_own_size(shards):
+    data = ShardSet(shards, "train")
+    rows = torch.tensor([3, 10, 20, 30])
+    batch, sizes = data.padded_batch(rows)
+    assert batch.shape[1:3] == tuple(sizes.max(dim=0).values.tolist())
+    for slot, image in enumerate(data.decode(rows)):
+        h, w = sizes[slot].tolist()
+        assert torch.equal(batch[slot, :h, :w], image.permute(1, 2, 0))
+        assert not batch[slot, h:].any() and not batch[slot, :, w:].any()
+
+
+def test_a_prefetched_batch_is_the_batch_decoded_now(shards):
+    data = ShardSet(shards, "train")
+    rows = torch.tensor([7, 1, 40])
+    data.prefetch(rows)
+    assert len(data._pending) == 1
+    images, sizes = data.padded_batch(rows)
+    assert not data._pending  # taken, not decoded twice
+    again, again_sizes = data.padded_batch(rows)
+    assert torch.equal(images, again) and torch.equal(sizes, again_sizes)
+
+
+def test_per_image_boxes_equal_each_image_drawn_alone():
+    """One draw, a batch of sizes: each box is what RandomResizedCrop.get_params draws for that
+    image's own size (the scalar path, tested against torchvision in test_augment)."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([[40, 500], [500, 40], [96, 96], [64, 200], [1, 1], [77, 13]])
+    draws = torch.rand(len(sizes), 40, generator=generator)
+    cfg = AugmentConfig(size=SIZE)
+    params = sample_params(
+        cfg, len(sizes), 500, 500, generator=torch.Generator().manual_seed(1), sizes=sizes
+    )
+    assert (params.boxes[:, 0] + params.boxes[:, 2] <= sizes[:, 0]).all()
+    assert (params.boxes[:, 1] + params.boxes[:, 3] <= sizes[:, 1]).all()
+    from interlab.augment.params import _draw_ranges
+
+    low, span, _ = _draw_ranges(cfg, torch.device("cpu"))
+    scaled = torch.addcmul(low, draws[:, : low.shape[0]], span)
+    together = _sample_boxes(scaled, sizes[:, 0], sizes[:, 1], cfg.ratio)
+    for row, (h, w) in enumerate(sizes.tolist()):
+        alone = _sample_boxes(scaled[row : row + 1], h, w, cfg.ratio)
+        assert torch.equal(together[row], alone[0]), (h, w)
+
+
+def test_crops_match_torchvision_resized_crop_on_the_decoded_images(shards):
+    data = ShardSet(shards, "train")
+    rows = torch.arange(0, 24, 3)
+    batch, sizes = data.padded_batch(rows)
+    plain = AugmentConfig(
+        size=SIZE, scale=(0.08, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0, flip_p=0.0,
+        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+    )  # fmt: skip
+    augment = Augment(plain)
+    params = augment.sample_params(len(rows), batch.shape[1], batch.shape[2], sizes=sizes,
+                                   generator=torch.Generator().manual_seed(3))  # fmt: skip
+    ours = augment.apply(batch, params)
+    for slot, image in enumerate(data.decode(rows)):
+        top, left, h, w = params.boxes[slot].tolist()
+        reference = TF.resized_crop(
+            image.float() / 255, top, left, h, w, [SIZE, SIZE], antialias=True
+        )
+        torch.testing.assert_close(ours[slot], reference, atol=2e-5, rtol=0)
+
+
+def test_centre_boxes_follow_the_256_224_protocol():
+    boxes = centre_boxes(torch.tensor([[256, 341], [96, 64]]), 224)
+    assert boxes.tolist() == [[16, 58, 224, 224], [20, 4, 56, 56]]  # 64 / (256/224) = 56
+
+
+def test_the_set_holds_only_its_index_in_memory(shards):
+    """Host memory of a ShardSet is its index (a few numbers per image), not pixels: the
+    decoded images exist one batch at a time."""
+    data = ShardSet(shards, "train")
+    held = sum(v.nbytes for v in data.entries.arrays().values())
+    held += sum(t.numel() * t.element_size() for t in (data.labels, data.sizes))
+    assert held / len(data) < 128
+    assert data.compressed_bytes > 20 * held  # the bytes stay in the memory-mapped files
+
+
+def test_a_truncated_shard_file_is_named(shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    shard = copy / "train" / "shard-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"shard-00001\.bin"):
+        ShardSet(copy, "train")
+    with pytest.raises(FileNotFoundError, match="splits there: train, val"):
+        ShardSet(copy, "test")
+
+
+def shard_config(shards, out, **keys):
+    base = {
+        "method": "moco", "data": f"shards:{shards}", "device": "cpu", "backbone": "convnet",
+        "epochs": 2, "batch_size": 32, "knn_k": 20, "out": str(out), "aug.size": SIZE,
+        "checkpoint_every": 1, "amp": False,
+    }  # fmt: skip
+    return build_config({**base, **keys})
+
+
+@pytest.mark.parametrize("method", ["moco", pytest.param("interclr", marks=pytest.mark.slow)])
+def test_training_from_shards_evaluates_and_resumes_exactly(shards, tmp_path, method):
+    keys = {"method": method, "max_steps_per_epoch": 2}
+    if method == "interclr":
+        keys.update(num_clusters=6, num_negatives=16, pool=40, min_cluster=4, probe_queries=16)
+    straight = train(shard_config(shards, tmp_path / "a", **keys), progress=False)
+    assert 0.0 <= straight.final["knn_top1"] <= 1.0  # kNN over the val/ split, decoded
+    train(shard_config(shards, tmp_path / "b", **keys), stop_after_epochs=1, progress=False)
+    assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)["epoch"] == 1
+    resumed = train(shard_config(shards, tmp_path / "b", **keys), progress=False)
+    for name, value in straight.method.state_dict().items():
+        assert torch.equal(resumed.method.state_dict()[name], value), name
+
+
+def test_pseudo_videos_need_frames_shards(shards, tmp_path):
+    with pytest.raises(ValueError, match=r"'cyclecontrast' cannot train from shards:.*--frames"):
+        Trainer(shard_config(shards, tmp_path, method="cyclecontrast"), progress=False)
+
+
+@pytest.mark.slow
+def test_dino_and_scfs_multi_crop_from_shards(shards, tmp_path):
+    """Global and local crops are all drawn from each image's full size."""
+    for method in ("dino", "scfs"):
+        keys = {"method": method, "epochs": 1, "max_steps_per_epoch": 2, "out_dim": 64,
+                "head_hidden": 64, "head_bottleneck": 32, "n_local": 2, "local_size": 16}  # fmt: skip
+        result = train(shard_config(shards, tmp_path / method, **keys), progress=False)
+        assert torch.isfinite(torch.tensor(result.final["loss"]))
+
+
+def test_frames_shards_train_cyclecontrast(tmp_path):
+    """`prepare --frames`, then CycleContrast with real video ids: positives from other frames
+    of the same video, the query's own video masked out of the negatives."""
+    from interlab.videos import write_moving_shapes
+
+    write_moving_shapes(tmp_path / "frames", videos=24)
+    prepare(tmp_path / "frames", tmp_path / "shards", frames=True, max_side=64, progress=False)
+    data = ShardSet(tmp_path / "shards")
+    assert data.videos is not None and not data.has_labels
+    keys = {"method": "cyclecontrast", "data": f"shards:{tmp_path / 'shards'}", "epochs": 1,
+            "batch_size": 16, "max_steps_per_epoch": 2, "queue_size": 32, "cycle_queue_size": 32,
+            "support_size": 16}  # fmt: skip
+    result = train(shard_config(tmp_path, tmp_path / "run", **keys), progress=False)
+    assert torch.isfinite(torch.tensor(result.final["loss"]))
+    assert "knn_top1" not in result.final  # frames carry no class
+
+
+def test_load_dataset_maps_test_to_val(shards):
+    assert load_dataset(f"shards:{shards}", "test").split == "val"
+
+
+def test_cli_prepare_prints_its_summary(tmp_path, capsys):
+    make_tree(tmp_path / "tree", per_class=4)
+    assert (
+        cli_main(
+            ["prepare", str(tmp_path / "tree"), "--out", str(tmp_path / "s"), "--workers", "1"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "converted 17 (train 14, val 3), skipped 2" in printed
+    assert (
+        cli_main(
+            ["prepare", str(tmp_path / "tree"), "--out", str(tmp_path / "t"), "--quality", "0"]
+        )
+        == 2
+    )
+    assert "quality" in capsys.readouterr().err
