@@ -437,6 +437,8 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
     no_failures = {"failed": "== 0", "errors": "== 0"}
     augment = [PYTHON, "benchmarks/augment_speed.py", "--device", "cuda", "--batch", "512"]
     augment += ["--iters", "200"]
+    stream = [PYTHON, "benchmarks/stream_speed.py", "--device", "cuda", "--images", "2048"]
+    stream += ["--batch", "256", "--workers", "8"]
     methods = ["moco", "interclr", "cyclecontrast", "dino", "scfs"]
     step_time = [PYTHON, "benchmarks/step_time.py", *on_data, "--configs"]
     step_time += [f"{method}_cifar10" for method in methods]
@@ -463,6 +465,7 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
             goals=kmeans_goals,
         ),
         Item("step_time", step_time, 100, "step"),
+        Item("stream_speed", stream, 90, "speed"),  # shards: nvJPEG + crops vs DataLoader
         # every method under bf16 + channels_last + compile: minutes of cold compiling, so it
         # runs after the measurements it would otherwise crowd out
         Item("gpu_compile_tests", compile_tests, 360, "tests", pytest_counts, no_failures),
