@@ -155,7 +155,10 @@ RESOLVED_SIZES = {
 }
 
 
-IMAGENET_CONFIGS = ("moco_imagenet100", "interclr_imagenet100", "interclr_imagenet")
+IMAGENET_CONFIGS = (
+    "moco_imagenet100", "interclr_imagenet100", "interclr_imagenet", "scfs_imagenet",
+    "cyclecontrast_frames",
+)  # fmt: skip
 
 
 def test_every_shipped_config_is_checked_below():
@@ -238,3 +241,28 @@ def test_shipped_config_builds_its_method_at_cifar10_size(name):
         assert widths == {"2": (128, 64), "3": (256, 128), "4": (512, 128)}
         for layer in (2, 3, 4):
             assert tuple(getattr(method, f"center_layer{layer}").shape) == (1, 256)
+
+
+def test_released_scfs_and_cyclecontrast_settings_stream_from_shards():
+    scfs = build_config(load_named_config("scfs_imagenet"))
+    o = scfs.method_options
+    assert scfs.data.startswith("shards:") and (scfs.backbone, scfs.cifar_stem) == (
+        "resnet50",
+        False,
+    )
+    assert (o["out_dim"], o["n_local"], o["local_size"], o["teacher_temp_warmup_epochs"]) == (
+        65_536,
+        8,
+        96,
+        50,
+    )
+    assert (tuple(o["global_scale"]), tuple(o["local_scale"])) == ((0.25, 1.0), (0.05, 0.25))
+    cycle = build_config(load_named_config("cyclecontrast_frames"))
+    o = cycle.method_options
+    assert cycle.data.startswith("shards:") and cycle.batch_size * 8 == 512
+    assert (o["queue_size"], o["cycle_queue_size"], o["support_size"], o["temperature"]) == (
+        65_536,
+        81_920,
+        16_384,
+        0.07,
+    )

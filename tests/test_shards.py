@@ -164,6 +164,17 @@ def test_training_from_shards_evaluates_and_resumes_exactly(shards, tmp_path, me
         assert torch.equal(resumed.method.state_dict()[name], value), name
 
 
+def test_knn_and_linear_probe_run_on_decoded_centre_crops(shards, tmp_path):
+    from interlab.evaluate import evaluate_method
+
+    trainer = Trainer(shard_config(shards, tmp_path, max_steps_per_epoch=1), progress=False)
+    scores = evaluate_method(
+        trainer.method, trainer.memory_set, trainer.test_set, linear=True, k=10
+    )
+    assert set(scores) == {"knn_top1", "knn_top1_head", "linear_top1"}
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+
+
 def test_pseudo_videos_need_frames_shards(shards, tmp_path):
     with pytest.raises(ValueError, match=r"'cyclecontrast' cannot train from shards:.*--frames"):
         Trainer(shard_config(shards, tmp_path, method="cyclecontrast"), progress=False)
@@ -217,3 +228,33 @@ def test_cli_prepare_prints_its_summary(tmp_path, capsys):
         == 2
     )
     assert "quality" in capsys.readouterr().err
+
+
+def shard_rank(rank: int, world: int, port: int, out: str, data: str) -> None:
+    """One gloo rank of a MoCo run from shards (spawned by the DDP test)."""
+    import os
+
+    from tests.test_distributed import set_rank_environment
+
+    set_rank_environment(rank, world, port)
+    config = shard_config(data, out, epochs=1, batch_size=16, eval_every=0, max_steps_per_epoch=2)
+    trainer = Trainer(config, progress=False)
+    order = trainer.epoch_order()
+    trainer.order_generator.manual_seed(config.seed)
+    trainer.fit(resume=False)
+    state = {k: v.detach().cpu() for k, v in trainer.method.state_dict().items()}
+    torch.save({"state": state, "order": order.cpu()}, os.path.join(out, f"shards{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_stream_their_own_halves_and_stay_identical(shards, tmp_path):
+    """DDP from shards: each rank decodes only its share of the epoch's order; the weights
+    and the queue stay identical across ranks."""
+    from tests.test_distributed import spawn_two_ranks
+
+    rank0, rank1 = spawn_two_ranks(shard_rank, str(tmp_path / "ddp"), str(shards), "shards")
+    for name, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][name]), name
+    both = torch.cat([rank0["order"], rank1["order"]])
+    assert torch.equal(both.sort().values, torch.arange(len(ShardSet(shards))))
