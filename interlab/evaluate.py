@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from interlab.data import ImageSet
 from interlab.devices import Precision
-from interlab.features import DEFAULT_MEAN, DEFAULT_STD, extract_features
+from interlab.features import DEFAULT_MEAN, DEFAULT_STD, evaluation_dtype, extract_features
 
 
 def knn_predict(
@@ -171,7 +171,7 @@ def knn_scores(
         memory, test = (
             extract_features(
                 network, images, mean=mean, std=std, device=device, progress=False,
-                precision=precision,
+                precision=precision, dtype=evaluation_dtype(images),
             )
             for images in (memory_images, test_images)
         )  # fmt: skip
@@ -302,7 +302,16 @@ def evaluate_backbone(
     if not (knn or linear):
         raise ValueError("knn and linear are both False; expected at least one evaluation")
     train, test = (
-        extract_features(backbone, images, batch_size, mean, std, device, precision=precision)
+        extract_features(
+            backbone,
+            images,
+            batch_size,
+            mean,
+            std,
+            device,
+            precision=precision,
+            dtype=evaluation_dtype(images),
+        )
         for images in (train_images, test_images)
     )
     scores: dict[str, float] = {}

@@ -175,6 +175,16 @@ def test_knn_and_linear_probe_run_on_decoded_centre_crops(shards, tmp_path):
     assert all(0.0 <= value <= 1.0 for value in scores.values())
 
 
+def test_streamed_sets_keep_float16_evaluation_features_on_a_gpu_only(shards):
+    from interlab.features import evaluation_dtype
+
+    data = ShardSet(shards, "val")
+    assert evaluation_dtype(data.images) == torch.float32  # CPUs multiply halves slowly
+    assert evaluation_dtype(torch.zeros(1, 8, 8, 3, dtype=torch.uint8)) == torch.float32
+    data.device = torch.device("cuda")  # no CUDA needed: only the policy is read
+    assert evaluation_dtype(data.images) == torch.float16
+
+
 def test_pseudo_videos_need_frames_shards(shards, tmp_path):
     with pytest.raises(ValueError, match=r"'cyclecontrast' cannot train from shards:.*--frames"):
         Trainer(shard_config(shards, tmp_path, method="cyclecontrast"), progress=False)
