@@ -118,6 +118,20 @@ def test_centre_boxes_follow_the_256_224_protocol():
     assert boxes.tolist() == [[16, 58, 224, 224], [20, 4, 56, 56]]  # 64 / (256/224) = 56
 
 
+def test_the_lazy_images_index_like_a_tensor_and_decode_only_what_is_picked(shards):
+    images = ShardSet(shards, "val").images
+    assert images.shape == (36, 224, 224, 3) and len(images) == 36  # 3 classes x 12
+    picked = images[torch.tensor([4, 0])]
+    assert picked.shape == (2, 224, 224, 3) and picked.dtype == torch.uint8
+    assert torch.equal(images[4], picked[0]) and torch.equal(images[-36], picked[1])
+    assert torch.equal(images[[4, 0]], picked) and images[1:3].shape[0] == 2
+    mask = torch.zeros(36, dtype=torch.bool)
+    mask[[0, 4]] = True
+    assert torch.equal(images[mask], picked.flip(0))
+    with pytest.raises(IndexError):
+        images[36]
+
+
 def test_the_set_holds_only_its_index_in_memory(shards):
     """Host memory of a ShardSet is its index (a few numbers per image), not pixels: the
     decoded images exist one batch at a time."""
@@ -162,6 +176,15 @@ def test_training_from_shards_evaluates_and_resumes_exactly(shards, tmp_path, me
     resumed = train(shard_config(shards, tmp_path / "b", **keys), progress=False)
     for name, value in straight.method.state_dict().items():
         assert torch.equal(resumed.method.state_dict()[name], value), name
+    if method == "interclr":  # the negatives explorer decodes the images it shows
+        from interlab.lab.explore import NegativeExplorer
+
+        data = ShardSet(shards, "train")
+        data.eval_size = SIZE
+        explorer = NegativeExplorer(resumed.method, data.images, data.labels, classes=data.classes)
+        found = explorer.negatives_for(5)
+        assert found["query"] == 5 and len(found["strategies"]) == 4
+        assert explorer.figure() is not None
 
 
 def test_knn_and_linear_probe_run_on_decoded_centre_crops(shards, tmp_path):
@@ -268,3 +291,42 @@ def test_two_ranks_stream_their_own_halves_and_stay_identical(shards, tmp_path):
         assert torch.equal(value, rank1["state"][name]), name
     both = torch.cat([rank0["order"], rank1["order"]])
     assert torch.equal(both.sort().values, torch.arange(len(ShardSet(shards))))
+
+
+PEAK_RSS = """
+import resource, sys, torch
+from interlab.data.shards import ShardSet
+data = ShardSet(sys.argv[1])
+for start in range(0, len(data), 16):
+    data.padded_batch(torch.arange(start, min(start + 16, len(data))))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, data.compressed_bytes)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_of_a_pass_grows_with_the_compressed_bytes_not_the_pixels(tmp_path):
+    """One pass over 40 and over 200 large images (256 x ~400 px after prepare, ~300 KB each
+    decoded): the peak RSS difference stays near the compressed difference (the memory-mapped
+    pages), far below the 48 MB the extra decoded pixels would take if they were kept."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for count in (40, 200):
+        root = tmp_path / f"tree{count}"
+        (root / "a").mkdir(parents=True)
+        for i in range(count):
+            ramp = np.linspace(0, 200, 600, dtype=np.float32)[None, :, None]
+            pixels = (rng.integers(0, 56, (384, 600, 3)) + ramp).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "a" / f"{i}.jpg", quality=90)
+        prepare(root, tmp_path / f"s{count}", max_side=256, workers=2, progress=False)
+        run = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(tmp_path / f"s{count}")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        peaks[count] = [int(v) for v in run.stdout.split()]
+    grown = peaks[200][0] - peaks[40][0]
+    compressed = peaks[200][1] - peaks[40][1]
+    decoded = (200 - 40) * 256 * 400 * 3
+    assert grown < compressed + 16 * 2**20 and grown < decoded / 2, (grown, compressed, decoded)

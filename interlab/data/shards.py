@@ -195,6 +195,14 @@ class ShardImages:
     def batch(self, start: int, stop: int) -> Tensor:
         return self.shard_set.centre_crops(torch.arange(start, min(stop, len(self))), self.size)
 
+    def __getitem__(self, index: int | slice | Tensor | np.ndarray | list) -> Tensor:
+        """Indexed like a uint8 (N, S, S, 3) tensor (an int, a slice, indices or a mask), and
+        decoded now: explorers and probes show and embed only what they pick."""
+        rows = torch.arange(len(self))[torch.as_tensor(index) if isinstance(index, list) else index]
+        if rows.ndim == 0:
+            return self.shard_set.centre_crops(rows.reshape(1), self.size)[0]
+        return self.shard_set.centre_crops(rows, self.size)
+
 
 def centre_boxes(sizes: Tensor, size: int) -> Tensor:
     """(top, left, height, width) of each image's centre crop under the evaluation protocol:
