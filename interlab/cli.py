@@ -10,6 +10,7 @@ from typing import Any
 
 from interlab.config import build_config, load_named_config, parse_assignment
 from interlab.methods import METHOD_NAMES
+from interlab.run_lock import RunFolderLocked
 
 # CLI flags and the config keys they set; only flags given on the command line override.
 TRAIN_FLAGS = {
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return runners[args.command](args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, RunFolderLocked) as error:
         print(f"interlab {args.command}: error: {error}", file=sys.stderr)
         return 2
 

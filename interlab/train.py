@@ -45,6 +45,7 @@ from interlab.run_folder import (
     write_config,
     write_metrics,
 )
+from interlab.run_lock import RunLock
 from interlab.snapshots import save_snapshot
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "load_trained", "read_metrics", "train"]
@@ -332,8 +333,17 @@ class Trainer:
         """Train to `config.epochs` (resuming from the run folder's checkpoint when present).
 
         `stop_after_epochs` ends this call early, after a checkpoint, so a long run can be
-        sliced into time-limited calls that each resume where the last one stopped.
+        sliced into time-limited calls that each resume where the last one stopped. The run
+        folder is locked meanwhile (rank 0): a second writer stops at once, naming this one.
         """
+        lock = RunLock(self.out).acquire() if dist_utils.is_main_process() else None
+        try:
+            return self._fit(resume, stop_after_epochs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: bool, stop_after_epochs: int | None) -> TrainResult:
         self.start_run_folder(resume)
         self.start_method()
         last_epoch = self.config.epochs

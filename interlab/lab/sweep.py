@@ -13,6 +13,8 @@ parameters in `interlab.lab.notebook_params`); their public names are re-exporte
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -38,6 +40,10 @@ from interlab.lab.grids import (
     sweep_from_spec,
 )
 from interlab.lab.paths import project_root
+from interlab.run_lock import RunFolderLocked, RunLock
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SWEEP_LOCK = ".sweep.lock"  # the trainer inside the notebook locks the run folder itself
 
 __all__ = [
     "GRID_KEYS",
@@ -99,6 +105,16 @@ class RunExecutor:
             parameters["device"] = device
         status: Status = {"run": run.name, "setting": run.setting, "seed": run.seed}
         status.update(parameters=parameters, fingerprint=fingerprint(run.parameters))
+        try:  # one writer per run folder: another sweep (or its orphan) may hold this run
+            lock = RunLock(run_dir, SWEEP_LOCK).acquire()
+        except RunFolderLocked as error:
+            return {**status, "state": "running", "error": str(error)}
+        try:
+            return self._execute_locked(status, parameters, run_dir)
+        finally:
+            lock.release()
+
+    def _execute_locked(self, status: Status, parameters: dict, run_dir: Path) -> Status | None:
         start = time.perf_counter()
         returncode = self._papermill(parameters, run_dir)
         if self.stopping.is_set():
@@ -120,6 +136,7 @@ class RunExecutor:
                 stderr=subprocess.STDOUT,
                 env=self._env(),
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
             with self.lock:
                 self.running.add(process)
@@ -142,6 +159,22 @@ class RunExecutor:
             for process in self.running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A child's pre-exec hook asking Linux to SIGKILL it when its parent dies, even by
+    `kill -9` (a killed sweep must leave no notebook training on); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
 
 
 def outcome(returncode: int, run_dir: Path) -> Status:
@@ -223,6 +256,9 @@ def run_sweep(
         finally:
             slots.put(device)
         if status is None:
+            return
+        if status["state"] == "running":  # another sweep process holds this run: not ours
+            bar.write(f"{run.name} is running elsewhere: {status['error']}")
             return
         with lock:  # one thread at a time reports, so on_finish needs no lock of its own
             bar.update(1)
