@@ -109,3 +109,59 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_sweep_leaves_no_writer_and_a_rerun_finishes_cleanly(tmp_path, tiny_npz):
+    """The bug found by hand: a sweep killed with `kill -9` while its second run trained left
+    that run training as an orphan, and an immediate rerun wrote the same folder, leaving
+    epochs 2, 1, 2, 3, 3, ... in metrics.jsonl. Now the orphan dies with the sweep, and the
+    rerun finishes every run with each epoch once, in order."""
+    import yaml
+
+    epochs = 24  # long enough (~20 s a run) that an orphan would still be training below
+    spec = {
+        "notebook": str(Path(__file__).parents[1] / "notebooks" / "train.ipynb"),
+        "base": {"method": "moco", "dataset": f"npz:{tiny_npz}", "epochs": epochs,
+                 "batch_size": 64, "device": "cpu",
+                 "overrides": {"backbone": "convnet", "cifar_stem": False, "queue_size": 256,
+                               "knn_k": 20, "eval_every": 0, "checkpoint_every": 1}},
+        "grid": {"seed": [0, 1, 2]},
+    }  # fmt: skip
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        "-m",
+        "interlab",
+        "sweep",
+        str(grid),
+        "--out",
+        str(out),
+        "--no-report",
+    ]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+    deadline = time.monotonic() + 600
+    while second is None and time.monotonic() < deadline:  # wait for run 2's first epoch
+        done = [p for p in out.glob("*/status.json")]
+        logs = sorted(out.glob("*/run/metrics.jsonl"))
+        if len(done) == 1 and any(p.parent.parent != done[0].parent for p in logs):
+            second = next(p.parent for p in logs if p.parent.parent != done[0].parent)
+        time.sleep(0.2)
+    assert second is not None, "the sweep never reached its second run"
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    deadline = time.monotonic() + 5  # the kernel's parent poller notices within a second
+    while lock_holder(second) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lock_holder(second) is None  # the orphan died with its sweep
+    killed_at = len((second / "metrics.jsonl").read_text().splitlines())
+    assert killed_at < epochs  # it really was cut mid-run
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for metrics in sorted(out.glob("*/run/metrics.jsonl")):
+        epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+        assert epochs_logged == list(range(1, epochs + 1)), (metrics, epochs_logged)
+    assert len(list(out.glob("*/run/metrics.jsonl"))) == 3
