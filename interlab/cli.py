@@ -124,7 +124,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("sweep", help="run a grid of parameterized notebooks (papermill)")
-    p.add_argument("grid", help="grid YAML (see notebooks/sweeps/)")
+    p.add_argument("grid", nargs="?", help="grid YAML (see notebooks/sweeps/)")
+    p.add_argument("--status", metavar="DIR", help="print each run's state of a sweep folder")
     p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
     p.add_argument("--devices", help="GPU ids, e.g. 0,1: one run per GPU at a time")
@@ -211,6 +212,22 @@ def run_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_sweep_states(folder: str) -> int:
+    """`interlab sweep --status DIR`: one line per run; reads the folder, changes nothing."""
+    from interlab.lab.sweep import sweep_states
+
+    rows = sweep_states(folder)
+    width = max(len(name) for name, _, _ in rows)
+    for name, state, detail in rows:
+        print(f"{name:<{width}}  {state:<8} {detail}".rstrip())
+    counts = {
+        state: sum(s == state for _, s, _ in rows)
+        for state in ("done", "running", "failed", "pending")
+    }
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -219,6 +236,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from interlab.lab.report import write_report
     from interlab.lab.sweep import SweepInterrupted, run_sweep
 
+    if args.status:
+        return print_sweep_states(args.status)
+    if args.grid is None:
+        raise ValueError("give a grid YAML to run, or --status DIR to look at a sweep folder")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
     # every run checked before any starts; train.ipynb runs also by the config they build

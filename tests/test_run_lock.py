@@ -165,3 +165,29 @@ def test_kill_9_of_a_sweep_leaves_no_writer_and_a_rerun_finishes_cleanly(tmp_pat
         epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
         assert epochs_logged == list(range(1, epochs + 1)), (metrics, epochs_logged)
     assert len(list(out.glob("*/run/metrics.jsonl"))) == 3
+
+
+def test_sweep_status_reads_each_runs_state_without_touching_it(tmp_path, capsys):
+    import yaml
+
+    from interlab.cli import main as cli_main
+    from interlab.lab.sweep import write_status
+
+    runs = [{"name": n, "setting": n, "seed": 0, "parameters": {}} for n in "abcd"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"notebook": "x", "runs": runs}))
+    for name, state in (("a", "done"), ("b", "failed")):
+        (tmp_path / name).mkdir()
+        write_status(
+            tmp_path / name, {"run": name, "state": state, "error": "boom" if name == "b" else ""}
+        )
+    with RunLock(tmp_path / "c", SWEEP_LOCK):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        assert cli_main(["sweep", "--status", str(tmp_path)]) == 0
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["a", "done"]
+    assert lines[1].split() == ["b", "failed", "boom"]
+    assert lines[2].split()[:3] == ["c", "running", "pid"] and str(os.getpid()) in lines[2]
+    assert lines[3].split() == ["d", "pending"]
+    assert lines[4] == "1 done, 1 running, 1 failed, 1 pending"
+    assert cli_main(["sweep", "--status", str(tmp_path / "nope")]) == 2

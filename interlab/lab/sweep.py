@@ -40,7 +40,7 @@ from interlab.lab.grids import (
     sweep_from_spec,
 )
 from interlab.lab.paths import project_root
-from interlab.run_lock import RunFolderLocked, RunLock
+from interlab.run_lock import RunFolderLocked, RunLock, lock_holder
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SWEEP_LOCK = ".sweep.lock"  # the trainer inside the notebook locks the run folder itself
@@ -330,3 +330,27 @@ def sweep_record(sweep: Sweep) -> dict[str, Any]:
             for r in sweep.runs
         ],
     }
+
+
+def sweep_states(out: str | Path) -> list[tuple[str, str, str]]:
+    """(run, state, detail) for every run of the sweep folder `out`, read without touching
+    anything: done / failed (its error) from status.json, running where a live process holds
+    the run's lock (its pid and host), pending otherwise."""
+    out = Path(out)
+    record = out / "sweep.yaml"
+    if not record.is_file():
+        raise FileNotFoundError(f"{out} is not a sweep folder (no sweep.yaml)")
+    rows = []
+    for run in yaml.safe_load(record.read_text())["runs"]:
+        run_dir = out / run["name"]
+        holder = lock_holder(run_dir, SWEEP_LOCK) if run_dir.is_dir() else None
+        status = read_status(run_dir) or {}
+        if holder is not None:
+            rows.append(
+                (run["name"], "running", f"pid {holder.get('pid')} on {holder.get('host')}")
+            )
+        elif status.get("state") in ("done", "failed"):
+            rows.append((run["name"], status["state"], status.get("error", "")))
+        else:
+            rows.append((run["name"], "pending", ""))
+    return rows
