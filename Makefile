@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-slow test-all test-gpu test-browser lessons lab lint format clean
+.PHONY: venv demo test test-slow test-all test-gpu test-browser test-slurm lessons lab lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ test-slow: venv
 
 # Everything CI runs but the browser test: the fast suite plus the tests marked slow.
 test-all: venv
-	$(PY) -m pytest -m "not gpu and not browser"
+	$(PY) -m pytest -m "not gpu and not browser and not slurm"
 
 # The tests marked gpu (skipped without CUDA): the first thing to run on a GPU. On a lent GPU
 # machine without the venv: make test-gpu PY=python3
@@ -42,6 +42,11 @@ test-gpu: $(if $(filter $(VENV)/%,$(PY)),venv)
 # in tests/artifacts/browser/ (or $$INTERLAB_ARTIFACTS/browser/).
 test-browser: venv
 	$(PY) -m pytest -m browser tests/test_browser.py
+
+# Sweeps against a real single-node SLURM (apt-get install slurm-wlm munge; root): the tests
+# start the daemons and stop them by pid (../shared/reference/slurm.md).
+test-slurm: venv
+	$(PY) -m pytest -m slurm tests/test_slurm.py
 
 # Every lesson executed with its solutions into runs/lessons/ (outputs + an HTML copy each).
 lessons: venv

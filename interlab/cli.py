@@ -126,6 +126,15 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("sweep", help="run a grid of parameterized notebooks (papermill)")
     p.add_argument("grid", nargs="?", help="grid YAML (see notebooks/sweeps/)")
     p.add_argument("--status", metavar="DIR", help="print each run's state of a sweep folder")
+    p.add_argument("--executor", choices=["local", "slurm"], help="default: the grid's, else local")
+    p.add_argument("--partition", help="SLURM partition")
+    p.add_argument("--gpus-per-run", type=int)
+    p.add_argument("--cpus-per-run", type=int)
+    p.add_argument("--mem-gb", type=float)
+    p.add_argument("--time-min", type=int, help="SLURM time limit per run (minutes)")
+    p.add_argument("--max-parallel", type=int, help="SLURM array tasks running at once")
+    p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sbatch option, e.g. --slurm-arg qos=high (repeatable)")  # fmt: skip
     p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
     p.add_argument("--devices", help="GPU ids, e.g. 0,1: one run per GPU at a time")
@@ -212,6 +221,20 @@ def run_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_on_slurm(sweep: Any, out: Any, args: argparse.Namespace) -> list[dict]:
+    from interlab.lab.slurm import cluster_settings, submit_sweep
+
+    extra = dict(arg.split("=", 1) for arg in args.slurm_arg if "=" in arg)
+    if len(extra) != len(args.slurm_arg):
+        raise ValueError(f"--slurm-arg takes KEY=VALUE; got {args.slurm_arg}")
+    settings = cluster_settings(
+        sweep.executor, partition=args.partition, gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb, time_min=args.time_min,
+        max_parallel=args.max_parallel, slurm_args=extra,
+    )  # fmt: skip
+    return submit_sweep(sweep, out, settings)
+
+
 def print_sweep_states(folder: str) -> int:
     """`interlab sweep --status DIR`: one line per run; reads the folder, changes nothing."""
     from interlab.lab.sweep import sweep_states
@@ -248,8 +271,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )
     devices = [f"cuda:{d.strip()}" for d in args.devices.split(",")] if args.devices else None
+    executor = args.executor or sweep.executor.get("name", "local")
     try:
-        statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
+        if executor == "slurm":
+            statuses = run_on_slurm(sweep, out, args)
+        else:
+            statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
     except SweepInterrupted as stop:
         print(f"interlab sweep: {stop}", file=sys.stderr)
         return 130

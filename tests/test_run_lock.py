@@ -191,3 +191,23 @@ def test_sweep_status_reads_each_runs_state_without_touching_it(tmp_path, capsys
     assert lines[3].split() == ["d", "pending"]
     assert lines[4] == "1 done, 1 running, 1 failed, 1 pending"
     assert cli_main(["sweep", "--status", str(tmp_path / "nope")]) == 2
+
+
+def test_the_report_names_a_running_run_and_a_pending_one(tmp_path):
+    import yaml
+
+    from interlab.lab.report import write_report
+    from interlab.lab.sweep import write_status
+
+    names = ("a=1-seed0", "a=2-seed0", "a=3-seed0")
+    runs = [{"name": n, "setting": n[:3], "seed": 0, "parameters": {}} for n in names]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"notebook": "x", "runs": runs}))
+    for name in names:
+        (tmp_path / name).mkdir()
+    write_status(tmp_path / "a=1-seed0", {"run": "a=1-seed0", "setting": "a=1", "seed": 0,
+                                          "state": "failed", "error": "boom"})  # fmt: skip
+    with RunLock(tmp_path / "a=2-seed0", SWEEP_LOCK):
+        paths = write_report(tmp_path)
+    text = Path(paths["markdown"]).read_text()
+    assert f"a=2-seed0: running (pid {os.getpid()}" in text
+    assert "a=3-seed0: pending" in text and "a=1-seed0: boom" in text

@@ -38,7 +38,7 @@ from interlab.lab.notebook_params import (
 )
 from interlab.lab.paths import in_project
 
-GRID_KEYS = ("notebook", "base", "grid", "runs", "seeds", "small", "description")
+GRID_KEYS = ("notebook", "base", "grid", "runs", "seeds", "small", "description", "executor")
 
 RunCheck = Callable[[dict[str, Any]], None]
 """Raises ValueError for a run the notebook would reject; gets the defaults plus the run's."""
@@ -62,6 +62,7 @@ class Sweep:
     runs: list[SweepRun]
     source: Path | None = None
     declared: dict[str, NotebookParameter] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)  # the grid's `executor:` section
 
 
 def load_sweep(
@@ -108,7 +109,12 @@ def sweep_from_spec(
         check_parameters(run.parameters, declared, notebook)
         if check_run is not None:
             check_run({**defaults, **run.parameters})
-    return Sweep(notebook, runs, source, declared)
+    executor = spec.get("executor") or {}
+    if not isinstance(executor, dict):
+        raise ValueError(
+            f"'executor' must be a mapping (name: local | slurm, ...); got {executor!r}"
+        )
+    return Sweep(notebook, runs, source, declared, dict(executor))
 
 
 def base_parameters(spec: dict[str, Any], defaults: dict[str, Any], small: bool) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from interlab.lab.sweep import STATUS_NAME, read_status
+from interlab.lab.sweep import STATUS_NAME, SWEEP_LOCK, read_status
+from interlab.run_lock import lock_holder
 
 METRIC_KEYS = (
     "knn_top1",
@@ -95,6 +96,10 @@ def listed_order(sweep_dir: Path) -> dict[str, int]:
 
 def run_row(run_dir: Path) -> dict[str, Any]:
     status = read_status(run_dir) or {}
+    if not status and run_dir.is_dir():  # unfinished: running now (its lock held) or pending
+        holder = lock_holder(run_dir, SWEEP_LOCK)
+        if holder is not None:
+            status = {"error": f"running (pid {holder.get('pid')} on {holder.get('host')})"}
     row: dict[str, Any] = {
         "run": status.get("run", run_dir.name),
         "setting": status.get("setting", run_dir.name.rsplit("-seed", 1)[0]),
@@ -177,7 +182,11 @@ def write_report(sweep_dir: str | Path, plots: bool = True) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(lines)
     failures = [f"- {r['run']}: {r['error']}" for r in rows if r["state"] == "failed"]
-    failures += [f"- {r['run']}: not run yet (or cut off)" for r in rows if r["state"] == "missing"]
+    failures += [
+        f"- {r['run']}: {r['error'] or 'pending: not run yet, queued, or cut off'}"
+        for r in rows
+        if r["state"] == "missing"
+    ]
     text = markdown_table(lines)
     if failures:
         text += "\nFailed runs (rerun the sweep to retry them):\n\n" + "\n".join(failures) + "\n"

@@ -352,5 +352,7 @@ def sweep_states(out: str | Path) -> list[tuple[str, str, str]]:
         elif status.get("state") in ("done", "failed"):
             rows.append((run["name"], status["state"], status.get("error", "")))
         else:
-            rows.append((run["name"], "pending", ""))
+            job = run_dir / "slurm.json"  # submitted to SLURM, not started yet
+            detail = f"slurm job {json.loads(job.read_text())['job_id']}" if job.exists() else ""
+            rows.append((run["name"], "pending", detail))
     return rows
