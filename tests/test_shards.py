@@ -187,6 +187,7 @@ def test_training_from_shards_evaluates_and_resumes_exactly(shards, tmp_path, me
         assert explorer.figure() is not None
 
 
+@pytest.mark.slow
 def test_knn_and_linear_probe_run_on_decoded_centre_crops(shards, tmp_path):
     from interlab.evaluate import evaluate_method
 
@@ -223,6 +224,7 @@ def test_dino_and_scfs_multi_crop_from_shards(shards, tmp_path):
         assert torch.isfinite(torch.tensor(result.final["loss"]))
 
 
+@pytest.mark.slow
 def test_frames_shards_train_cyclecontrast(tmp_path):
     """`prepare --frames`, then CycleContrast with real video ids: positives from other frames
     of the same video, the query's own video masked out of the negatives."""
