@@ -246,7 +246,9 @@ class Trainer:
         streamed = isinstance(self.train_set, ShardSet)
         for i in range(self.steps_per_epoch):
             if streamed and i + 1 < self.steps_per_epoch:  # decode the next batch meanwhile
-                self.train_set.prefetch(order[(i + 1) * batch : (i + 2) * batch])
+                upcoming = self.method.rows_to_decode(order[(i + 1) * batch : (i + 2) * batch])
+                if upcoming is not None:
+                    self.train_set.prefetch(upcoming)
             outputs = self.train_step(order[i * batch : (i + 1) * batch])
             for key, value in outputs.items():
                 sums[key] = sums.get(key, 0) + value.detach().float()

@@ -332,3 +332,14 @@ def test_peak_memory_of_a_pass_grows_with_the_compressed_bytes_not_the_pixels(tm
     compressed = peaks[200][1] - peaks[40][1]
     decoded = (200 - 40) * 256 * 400 * 3
     assert grown < compressed + 16 * 2**20 and grown < decoded / 2, (grown, compressed, decoded)
+
+
+def test_only_rows_a_method_decodes_are_prefetched():
+    """CycleContrast draws each item's other frame at step time: a prefetch of the items alone
+    would be decoded and never used, every step."""
+    from interlab.methods.base import Method
+    from interlab.methods.cyclecontrast import CycleContrast
+
+    rows = torch.tensor([3, 1, 2])
+    assert Method.rows_to_decode(None, rows) is rows
+    assert CycleContrast.rows_to_decode(None, rows) is None

@@ -90,16 +90,18 @@ class ShardSet:
 
     def _check_shard_files(self) -> None:
         """Each shard file must hold every byte its index entries point at."""
-        ends = {}
-        for shard, start, length in zip(
-            self.entries.shard, self.entries.start, self.entries.length, strict=True
-        ):
-            ends[int(shard)] = max(ends.get(int(shard), 0), int(start + length))
-        for shard, end in ends.items():
-            path = self._shard_path(shard)
+        entries = self.entries
+        if len(entries) == 0:
+            return
+        ends = np.zeros(int(entries.shard.max()) + 1, dtype=np.int64)
+        np.maximum.at(ends, entries.shard, entries.start + entries.length)
+        for shard in np.unique(entries.shard):
+            path = self._shard_path(int(shard))
             size = path.stat().st_size if path.exists() else -1
-            if size < end:
-                raise ValueError(f"{path} is missing or truncated: {size} bytes, index needs {end}")
+            if size < ends[shard]:
+                raise ValueError(
+                    f"{path} is missing or truncated: {size} bytes, index needs {ends[shard]}"
+                )
 
     def _shard_path(self, shard: int) -> Path:
         return self.directory / self.split / f"{shard_stem(shard)}.bin"
@@ -145,8 +147,6 @@ class ShardSet:
         device = torch.device(device)
         rows = torch.as_tensor(indices).cpu()
         pending = self._pending.pop((rows.numpy().tobytes(), device), None)
-        if len(self._pending) > 4:  # prefetched batches nobody asked for (an epoch's end)
-            self._pending.clear()
         return pending.result() if pending is not None else self._decode_padded(rows, device)
 
     def _decode_padded(self, rows: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:

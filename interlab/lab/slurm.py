@@ -132,9 +132,10 @@ def submit_sweep(
     status once the jobs end (a job SLURM killed is recorded failed with SLURM's state)."""
     out = prepare_sweep_folder(sweep, out)
     executor = slurm_executor(out, settings)
+    busy = active_runs([out / r.name for r in sweep.runs])
     pending = [
         r for r in sweep.runs
-        if (read_status(out / r.name) or {}).get("state") != "done" and not active(out / r.name)
+        if (read_status(out / r.name) or {}).get("state") != "done" and out / r.name not in busy
     ]  # fmt: skip
     if not pending:  # everything finished or still in the queue: nothing to submit
         if wait:
@@ -160,25 +161,30 @@ def submit_sweep(
     return [read_status(out / r.name) or {"run": r.name, "state": "pending"} for r in sweep.runs]
 
 
-def active(run_dir: Path) -> bool:
-    """A run some job is executing (its sweep lock is held) or still waiting for in the
-    queue (its recorded job is PENDING / RUNNING / REQUEUED / ... in squeue)."""
-    if lock_holder(run_dir, SWEEP_LOCK) is not None:
-        return True
-    record = run_dir / JOB_RECORD
-    if not record.exists():
-        return False
-    job_id = json.loads(record.read_text())["job_id"]
-    queue = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
-    )
-    return queue.returncode == 0 and bool(set(queue.stdout.split()) & WILL_RUN)
+def active_runs(run_dirs: list[Path]) -> set[Path]:
+    """The runs some job is executing (their sweep lock is held) or that still wait in the
+    queue (their recorded job PENDING / RUNNING / REQUEUED / ...): one squeue call for all."""
+    busy = {d for d in run_dirs if lock_holder(d, SWEEP_LOCK) is not None}
+    jobs = {}
+    for run_dir in run_dirs:
+        record = run_dir / JOB_RECORD
+        if run_dir not in busy and record.exists():
+            jobs[json.loads(record.read_text())["job_id"]] = run_dir
+    if not jobs:
+        return busy
+    command = ["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%i %T"]  # -r: a line per task
+    queue = subprocess.run(command, capture_output=True, text=True)
+    for line in queue.stdout.splitlines() if queue.returncode == 0 else []:
+        job_id, state = line.split()[:2]
+        if state in WILL_RUN and job_id in jobs:
+            busy.add(jobs[job_id])
+    return busy
 
 
 def wait_for(jobs: list[Any], poll_s: float, timeout_s: float | None, run_dirs: list[Path]) -> None:
     """Until our jobs are done and no run of the sweep is active elsewhere."""
     start = time.monotonic()
-    while not all(job.done() for job in jobs) or any(active(d) for d in run_dirs):
+    while not all(job.done() for job in jobs) or active_runs(run_dirs):
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"SLURM jobs still running after {timeout_s:.0f} s")
         time.sleep(poll_s)

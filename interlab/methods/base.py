@@ -145,6 +145,11 @@ class Method(nn.Module):
         full-size images of a padded batch (`make_views(images, sizes)`)."""
         return None
 
+    def rows_to_decode(self, indices: Tensor) -> Tensor | None:
+        """The shard rows `views_for(data, indices)` will decode, so the trainer can decode
+        them during the step before; None when they are drawn only at step time."""
+        return indices
+
     def views_for(self, data: ImageSet | ShardSet, indices: Tensor) -> list[Tensor]:
         """The step's views of items `indices` of `data` (video methods pick other frames here).
         From shards the batch is decoded now, each crop drawn from its image's full size."""

@@ -168,6 +168,10 @@ class CycleContrast(MoCo):
             return "it needs frames shards (interlab prepare --frames) to stream"
         return None
 
+    def rows_to_decode(self, indices: Tensor) -> None:
+        """Each item's other frame is drawn at step time: nothing to decode ahead."""
+        return None
+
     def views_for(self, data: ImageSet | ShardSet, indices: Tensor) -> list[Tensor]:
         """[x_q, x_k] two crops of frame a, then x_b one crop of frame b, in one augment call.
         From frames shards both frames are decoded in one padded batch."""
