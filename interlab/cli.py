@@ -158,7 +158,10 @@ def collect_train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from interlab.child_processes import die_with_parent_if_asked
     from interlab.train import train
+
+    die_with_parent_if_asked()  # a torchrun worker of a notebook run: no orphan trains on
 
     config = build_config(collect_train_overrides(args))
     result = train(

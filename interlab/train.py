@@ -320,6 +320,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint(self.checkpoint_path)
+            if self.progress and dist_utils.is_main_process():
+                print(f"resuming {self.out} after epoch {self.epoch}", flush=True)
         if dist_utils.is_main_process():
             write_metrics(self.out, self.metrics)  # drops epochs after the checkpoint
             write_config(self.out, self.config.to_dict())

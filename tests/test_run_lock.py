@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from interlab.child_processes import die_with_parent
 from interlab.config import build_config
-from interlab.lab.sweep import SWEEP_LOCK, die_with_parent
+from interlab.lab.sweep import SWEEP_LOCK
 from interlab.run_lock import LOCK_NAME, RunFolderLocked, RunLock, lock_holder
 from interlab.train import Trainer
 
@@ -83,7 +84,7 @@ def test_children_die_with_their_parent_even_by_kill_9(tmp_path):
     would sleep a minute, is gone within seconds (no orphan trains on)."""
     parent_code = (
         "import subprocess, sys, time\n"
-        "from interlab.lab.sweep import die_with_parent\n"
+        "from interlab.child_processes import die_with_parent\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
         " start_new_session=True, preexec_fn=die_with_parent())\n"
         "print(child.pid, flush=True)\n"

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -20,8 +22,13 @@ from pathlib import Path
 import pytest
 
 from interlab.lab.grids import sweep_from_spec
-from interlab.lab.slurm import ClusterSettings, cluster_settings, submit_sweep
-from interlab.lab.sweep import sweep_states
+from interlab.lab.slurm import (
+    ClusterSettings,
+    cluster_settings,
+    record_slurm_states,
+    submit_sweep,
+)
+from interlab.lab.sweep import read_status, sweep_states
 from tests.test_sweep import toy_notebook, toy_spec  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slurm
@@ -50,7 +57,8 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
-NodeName={host} CPUs={os.cpu_count()} RealMemory={memory} State=UNKNOWN
+GresTypes=gpu
+NodeName={host} CPUs={os.cpu_count()} RealMemory={memory} Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -60,6 +68,20 @@ def _pid(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _fake_gpus() -> str:
+    """Two stand-in GPU devices, so SLURM schedules `--gpus-per-node 2` on this CPU node:
+    character devices like /dev/null where mknod is allowed, else plain files (slurmd then
+    logs a complaint but still counts them)."""
+    for index in range(2):
+        device = SLURM / f"gpu{index}"
+        if not device.exists():
+            try:
+                os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            except OSError:
+                device.touch()
+    return f"{SLURM}/gpu[0-1]"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +104,9 @@ def slurm_cluster():
         key.chmod(0o400)
         subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], check=True)
         started += [p for p in [_pid(Path("/run/munge/munged.pid"))] if p]
-    Path("/etc/slurm/slurm.conf").write_text(_config(socket.gethostname().split(".")[0]))
+    host = socket.gethostname().split(".")[0]
+    Path("/etc/slurm/slurm.conf").write_text(_config(host))
+    Path("/etc/slurm/gres.conf").write_text(f"Name=gpu File={_fake_gpus()}\n")
     for daemon, pid_file in (("slurmctld", "slurmctld.pid"), ("slurmd", "slurmd.pid")):
         subprocess.run([f"/usr/sbin/{daemon}"], check=True)
         deadline = time.monotonic() + 10
@@ -121,43 +145,66 @@ def test_a_sweep_runs_as_an_array_job_and_records_each_run(slurm_cluster, toy_no
     assert len((tmp_path / "executions.txt").read_text().splitlines()) == 2
 
 
-def test_a_cancelled_run_is_recorded_and_resumes_to_the_uninterrupted_result(
+def _training_spec(data: str, **base: object) -> dict:
+    return {
+        "notebook": str(TRAIN_NOTEBOOK),
+        "base": {"method": "moco", "dataset": data, "epochs": 12, "batch_size": 64,
+                 "device": "cpu", "linear_probe": False,
+                 "overrides": {"backbone": "convnet", "cifar_stem": False, "queue_size": 256,
+                               "knn_k": 20, "eval_every": 4, "checkpoint_every": 1}, **base},
+    }  # fmt: skip
+
+
+def _wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    metrics = run_dir / "run" / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def _job_id(run_dir: Path) -> str:
+    return json.loads((run_dir / "slurm.json").read_text())["job_id"]
+
+
+def test_cancelled_and_preempted_runs_resume_to_the_uninterrupted_result(
     slurm_cluster, tmp_path, tiny_npz
 ):
-    """Two runs that train alike; one is cancelled with scancel mid-run, recorded failed with
-    SLURM's state, then resubmitted: its trainer resumes from the checkpoint and ends with the
-    uninterrupted run's per-epoch losses and kNN."""
-    spec = {
-        "notebook": str(TRAIN_NOTEBOOK),
-        "base": {"method": "moco", "dataset": f"npz:{tiny_npz}", "epochs": 12, "batch_size": 64,
-                 "device": "cpu",
-                 "overrides": {"backbone": "convnet", "cifar_stem": False, "queue_size": 256,
-                               "knn_k": 20, "eval_every": 4, "checkpoint_every": 1}},
-        "grid": {"linear_probe": [False, True]},  # a label only: training is the same
-    }  # fmt: skip
+    """Three runs that train alike. One is cancelled with scancel mid-run: it is recorded
+    failed with SLURM's state (CANCELLED), resubmitted, and resumes from its checkpoint. One
+    gets the time-out signal (USR2) mid-run: submitit's checkpoint hook requeues it and it
+    resumes by itself. Both end with the uninterrupted run's per-epoch losses and kNN."""
+    spec = _training_spec(f"npz:{tiny_npz}")
+    spec["runs"] = [{"name": "reference"}, {"name": "cancelled"}, {"name": "requeued"}]
     sweep = sweep_from_spec(spec)
     out = tmp_path / "sweep"
     settings = ClusterSettings(cpus_per_run=1, time_min=20)
     submit_sweep(sweep, out, settings, wait=False)
-    victim = out / sweep.runs[1].name
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        metrics = victim / "run" / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.5)
-    job_id = json.loads((victim / "slurm.json").read_text())["job_id"]
-    subprocess.run(["scancel", job_id], check=True)
-    status_file = victim / "status.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the job records its run's failure as it is killed
-        if status_file.exists() and json.loads(status_file.read_text())["state"] == "failed":
-            break
-        time.sleep(0.5)
-    recorded = json.loads(status_file.read_text())
-    assert recorded["state"] == "failed" and recorded["error"]
-    first = submit_sweep(sweep, out, settings, poll_s=1, timeout_s=900)  # resubmits, waits
-    assert [s["state"] for s in first] == ["done", "done"], first
+    cancelled, requeued = (out / run.name for run in sweep.runs[1:])
+    _wait_until(lambda: _epochs_done(cancelled) >= 2, 600, "the cancelled run's epoch 2")
+    subprocess.run(["scancel", _job_id(cancelled)], check=True)
+    _wait_until(lambda: (read_status(cancelled) or {}).get("state") == "failed", 120, "its failure")
+    record_slurm_states(out, sweep.runs)
+    recorded = read_status(cancelled)
+    assert recorded["slurm_state"] == "CANCELLED", recorded
+    assert recorded["error"].startswith("SLURM CANCELLED: ")
+    assert [s for n, s, _ in sweep_states(out) if n == cancelled.name] == ["failed"]
+
+    _wait_until(lambda: _epochs_done(requeued) >= 2, 600, "the requeued run's epoch 2")
+    subprocess.run(["scancel", "--signal=USR2", _job_id(requeued)], check=True)  # as a time-out
+    _wait_until(lambda: _signalled(out, requeued), 60, "the signal")
+
+    final = submit_sweep(sweep, out, settings, poll_s=1, timeout_s=900)  # resubmits, waits
+    assert [s["state"] for s in final] == ["done", "done", "done"], final
+    assert "slurm_state" not in read_status(requeued)  # it never failed
+    resumed = re.search(
+        r"resuming \S+ after epoch (\d+)", (requeued / "executed.ipynb").read_text()
+    )
+    assert resumed and 2 <= int(resumed.group(1)) < 12  # requeued: resumed, not started over
     curves = []
     for run in sweep.runs:
         lines = (out / run.name / "run" / "metrics.jsonl").read_text().splitlines()
@@ -165,4 +212,33 @@ def test_a_cancelled_run_is_recorded_and_resumes_to_the_uninterrupted_result(
             [(r["epoch"], round(r["loss"], 5), r.get("knn_top1")) for r in map(json.loads, lines)]
         )
     assert [epoch for epoch, _, _ in curves[1]] == list(range(1, 13))
-    assert curves[0] == curves[1]
+    assert curves[0] == curves[1] == curves[2]
+
+
+def _signalled(out: Path, run_dir: Path) -> bool:
+    """submitit caught the signal in the run's job (and requeues it)."""
+    logs = (out / ".slurm").glob(f"{_job_id(run_dir)}_*_log.err")
+    return any("Caught signal SIGUSR2" in log.read_text(errors="replace") for log in logs)
+
+
+def test_a_run_with_two_gpus_trains_under_torchrun_inside_its_job(
+    slurm_cluster, tmp_path, tiny_npz
+):
+    """--gpus-per-run 2 (the fixture's stand-in GPUs): the job's notebook trains with two DDP
+    workers (gloo on this CPU node), half the steps per epoch each, and evaluates."""
+    spec = {**_training_spec(f"npz:{tiny_npz}", epochs=2), "runs": [{"name": "ddp"}]}
+    sweep = sweep_from_spec(spec)
+    settings = cluster_settings({"gpus_per_run": 2, "cpus_per_run": 2, "time_min": 10})
+    [status] = submit_sweep(sweep, tmp_path / "sweep", settings, poll_s=1, timeout_s=600)
+    assert status["state"] == "done", status
+    assert status["parameters"]["processes"] == 2
+    run_dir = tmp_path / "sweep" / status["run"]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["step"] for r in summary["per_epoch"]] == [2, 4]  # 256 images / (2 x 64)
+    assert 0 < summary["knn_top1"] <= 1
+    with pytest.raises(ValueError, match="sets processes=1 but gpus_per_run is 2"):
+        submit_sweep(
+            sweep_from_spec({**spec, "runs": [{"name": "one", "processes": 1}]}),
+            tmp_path / "x",
+            settings,
+        )

@@ -78,12 +78,24 @@ def check_training_run(parameters: dict[str, Any]) -> None:
         "unused",
         parameters.get("overrides"),
     )
+    check_processes(parameters.get("processes", 1))
 
 
-def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True) -> dict[str, Any]:
-    """Train (resuming when a checkpoint exists), evaluate kNN (+ linear probe), write the summary."""
+def run_experiment(
+    config: TrainConfig, out_dir: str | Path, linear: bool = True, processes: int = 1
+) -> dict[str, Any]:
+    """Train (resuming when a checkpoint exists), evaluate kNN (+ linear probe), write the summary.
+
+    `processes` > 1 trains under torchrun, one DDP worker per GPU (a sweep point that owns
+    a node); evaluation then runs here on the trained checkpoint."""
+    check_processes(processes)
     start = time.perf_counter()
-    result = train(config)
+    if processes > 1:
+        from interlab.lab.torchrun_training import train_under_torchrun
+
+        result = train_under_torchrun(config, processes)
+    else:
+        result = train(config)
     scores = final_knn(result)
     if linear:
         scores.update(
@@ -97,6 +109,11 @@ def run_experiment(config: TrainConfig, out_dir: str | Path, linear: bool = True
             )
         )
     return write_summary(out_dir, config, result, scores, time.perf_counter() - start)
+
+
+def check_processes(processes: Any) -> None:
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be an int >= 1 (training processes); got {processes!r}")
 
 
 def final_knn(result: TrainResult) -> dict[str, float]:

@@ -9,6 +9,7 @@ submitit's checkpointing hook and its notebook's trainer resumes from its checkp
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field, fields
@@ -39,6 +40,8 @@ WILL_RUN = {
     "RESIZING",
 }
 
+UNSETTLED = WILL_RUN | {"COMPLETING", "STAGE_OUT", "SIGNALING"}  # ending, or not ended yet
+
 
 @dataclass
 class ClusterSettings:
@@ -60,13 +63,32 @@ class ClusterSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"executor setting {name} must be an int >= {low}; got {value!r}")
-        if self.gpus_per_run > 1:
-            raise ValueError(
-                f"gpus_per_run={self.gpus_per_run}: runs with several GPUs (torchrun inside the "
-                "job) are not built yet; use 0 or 1"
-            )
         if not isinstance(self.slurm_args, dict):
             raise ValueError(f"slurm_args must be a mapping; got {self.slurm_args!r}")
+
+    @property
+    def processes(self) -> int:
+        """Training processes per run: one per GPU (torchrun inside the job when > 1)."""
+        return max(1, self.gpus_per_run)
+
+    def run_parameters(self, sweep: Sweep) -> dict[str, Any]:
+        """What the executor sets in every run: `processes` when a run has several GPUs. The
+        notebook must declare it, and no run may ask for another count."""
+        if self.processes == 1:
+            return {}
+        if "processes" not in sweep.declared:
+            raise ValueError(
+                f"gpus_per_run={self.gpus_per_run}: {sweep.notebook.name} declares no "
+                "'processes' parameter to train under torchrun with (notebooks/train.ipynb does)"
+            )
+        for run in sweep.runs:
+            asked = run.parameters.get("processes", self.processes)
+            if asked != self.processes:
+                raise ValueError(
+                    f"run {run.name} sets processes={asked!r} but gpus_per_run is "
+                    f"{self.gpus_per_run}; leave 'processes' to the executor"
+                )
+        return {"processes": self.processes}
 
 
 def cluster_settings(section: dict[str, Any] | None, **flags: Any) -> ClusterSettings:
@@ -88,13 +110,16 @@ class NotebookJob:
     submitit calls `checkpoint` when SLURM signals a time-out or preemption: the same run is
     requeued, and its trainer resumes from the run's checkpoint."""
 
-    def __init__(self, notebook: str, run: SweepRun, run_dir: str, threads: int) -> None:
+    def __init__(
+        self, notebook: str, run: SweepRun, run_dir: str, threads: int,
+        extra_parameters: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.notebook, self.run, self.run_dir, self.threads = notebook, run, run_dir, threads
+        self.extra_parameters = dict(extra_parameters or {})
 
     def __call__(self) -> Status | None:
-        return RunExecutor(Path(self.notebook), self.threads).execute(
-            self.run, Path(self.run_dir), None
-        )
+        executor = RunExecutor(Path(self.notebook), self.threads, self.extra_parameters)
+        return executor.execute(self.run, Path(self.run_dir), None)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
@@ -130,8 +155,10 @@ def submit_sweep(
 ) -> list[Status]:  # fmt: skip
     """Submit the sweep's unfinished runs as one array job; with `wait`, return every run's
     status once the jobs end (a job SLURM killed is recorded failed with SLURM's state)."""
+    extra_parameters = settings.run_parameters(sweep)  # checked before anything is submitted
     out = prepare_sweep_folder(sweep, out)
     executor = slurm_executor(out, settings)
+    record_slurm_states(out, sweep.runs)  # what SLURM did to the last submission's jobs
     busy = active_runs([out / r.name for r in sweep.runs])
     pending = [
         r for r in sweep.runs
@@ -143,11 +170,10 @@ def submit_sweep(
         return [
             read_status(out / r.name) or {"run": r.name, "state": "pending"} for r in sweep.runs
         ]
+    notebook, threads = str(sweep.notebook), settings.cpus_per_run
     with executor.batch():
         jobs = [
-            executor.submit(
-                NotebookJob(str(sweep.notebook), r, str(out / r.name), settings.cpus_per_run)
-            )
+            executor.submit(NotebookJob(notebook, r, str(out / r.name), threads, extra_parameters))
             for r in pending
         ]
     for run, job in zip(pending, jobs, strict=True):
@@ -156,8 +182,7 @@ def submit_sweep(
         (out / run.name / JOB_RECORD).write_text(json.dumps(record))
     if wait:
         wait_for(jobs, poll_s, timeout_s, [out / r.name for r in sweep.runs])
-        for run, job in zip(pending, jobs, strict=True):
-            record_outcome(out / run.name, run, job)
+        record_slurm_states(out, sweep.runs)
     return [read_status(out / r.name) or {"run": r.name, "state": "pending"} for r in sweep.runs]
 
 
@@ -190,18 +215,53 @@ def wait_for(jobs: list[Any], poll_s: float, timeout_s: float | None, run_dirs: 
         time.sleep(poll_s)
 
 
-def record_outcome(run_dir: Path, run: SweepRun, job: Any) -> None:
-    """A run that wrote no final status (killed by SLURM) is recorded failed with its state."""
-    status = read_status(run_dir) or {}
-    if status.get("state") in ("done", "failed"):
-        return
-    try:
-        if (job.result() or {}).get("state") == "running":
-            return  # another job held the run: its own outcome is recorded there
-        error = "the job ended without a status"
-    except Exception as failure:  # submitit's FailedJobError / UncompletedJobError
-        error = str(failure).strip().splitlines()[0] if str(failure).strip() else repr(failure)
-    state = job.state
-    write_status(run_dir, {"run": run.name, "setting": run.setting, "seed": run.seed,
-                           "state": "failed", "slurm_state": state,
-                           "error": f"SLURM {state}: {error}"})  # fmt: skip
+def slurm_job_state(job_id: str) -> str | None:
+    """SLURM's state of a job (COMPLETED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, PREEMPTED, ...):
+    from `scontrol`, which keeps an ended job for a few minutes without accounting, else
+    from `sacct`; None when neither knows it."""
+    shown = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True
+    )
+    found = re.search(r"\bJobState=(\S+)", shown.stdout) if shown.returncode == 0 else None
+    if found:
+        return found.group(1)
+    accounted = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True, text=True
+    )
+    lines = accounted.stdout.split() if accounted.returncode == 0 else []
+    return lines[0].split()[0] if lines else None  # "CANCELLED by 0" -> CANCELLED
+
+
+def final_job_state(job_id: str, wait_s: float = 30.0) -> str | None:
+    """The job's state once SLURM has settled it (not COMPLETING, which ends in seconds)."""
+    deadline = time.monotonic() + wait_s
+    state = slurm_job_state(job_id)
+    while state in UNSETTLED and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = slurm_job_state(job_id)
+    return None if state in UNSETTLED else state
+
+
+def record_slurm_states(out: Path, runs: list[SweepRun]) -> None:
+    """Each ended job that did not finish its run: the run is recorded failed with SLURM's
+    state (a time-out, out of memory, cancelled, ...) beside the error the run itself wrote."""
+    run_dirs = [out / run.name for run in runs]
+    busy = active_runs(run_dirs)
+    for run, run_dir in zip(runs, run_dirs, strict=True):
+        record = run_dir / JOB_RECORD
+        status = read_status(run_dir) or {}
+        if run_dir in busy or not record.exists() or status.get("state") == "done":
+            continue
+        job_id = json.loads(record.read_text())["job_id"]
+        if status.get("slurm_job") == job_id:
+            continue  # already recorded
+        state = final_job_state(job_id)
+        if state in (None, "COMPLETED") and status:
+            continue  # the run recorded its own failure and SLURM adds nothing
+        state = state or "UNKNOWN"
+        error = status.get("error") or "the job ended without a status"
+        write_status(run_dir, {
+            "run": run.name, "setting": run.setting, "seed": run.seed, **status,
+            "state": "failed", "slurm_state": state, "slurm_job": job_id,
+            "error": error if error.startswith("SLURM ") else f"SLURM {state}: {error}",
+        })  # fmt: skip

@@ -13,8 +13,6 @@ parameters in `interlab.lab.notebook_params`); their public names are re-exporte
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -30,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from interlab.child_processes import die_with_parent
 from interlab.lab.grids import (
     GRID_KEYS,
     RunCheck,
@@ -42,7 +41,6 @@ from interlab.lab.grids import (
 from interlab.lab.paths import project_root
 from interlab.run_lock import RunFolderLocked, RunLock, lock_holder
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SWEEP_LOCK = ".sweep.lock"  # the trainer inside the notebook locks the run folder itself
 
 __all__ = [
@@ -90,9 +88,13 @@ class SweepInterrupted(Exception):
 class RunExecutor:
     """Runs notebooks as papermill subprocesses so Ctrl-C can stop them and cwd stays ours."""
 
-    def __init__(self, notebook: Path, threads_per_run: int | None) -> None:
+    def __init__(
+        self, notebook: Path, threads_per_run: int | None,
+        extra_parameters: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.notebook = notebook
         self.threads_per_run = threads_per_run
+        self.extra_parameters = dict(extra_parameters or {})  # the executor's, e.g. processes
         self.stopping = threading.Event()
         self.running: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
@@ -100,7 +102,7 @@ class RunExecutor:
     def execute(self, run: SweepRun, run_dir: Path, device: str | None) -> Status | None:
         """Execute one run into `run_dir` and record its status; None if interrupted."""
         run_dir.mkdir(parents=True, exist_ok=True)
-        parameters = {**run.parameters, "out_dir": str(run_dir)}
+        parameters = {**run.parameters, **self.extra_parameters, "out_dir": str(run_dir)}
         if device is not None:
             parameters["device"] = device
         status: Status = {"run": run.name, "setting": run.setting, "seed": run.seed}
@@ -159,23 +161,6 @@ class RunExecutor:
             for process in self.running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A child's pre-exec hook asking Linux to SIGKILL it when its parent dies, even by
-    `kill -9` (a killed sweep must leave no notebook training on); None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    parent = os.getpid()
-    # resolved here: between fork and exec the child should only make the system call
-    prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-
-    def hook() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return hook
 
 
 def outcome(returncode: int, run_dir: Path) -> Status:
