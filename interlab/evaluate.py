@@ -28,16 +28,19 @@ def knn_predict(
     num_classes: int,
     k: int = 200,
     temperature: float = 0.1,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Weighted kNN labels (MoCo CIFAR-10 protocol) for each test row, as int64 (M,).
 
     Inputs are L2-normalised, so similarity is a dot product; each of the top-k neighbours
     votes for its class with weight exp(sim / temperature). Test rows are processed in
-    chunks so the (chunk, N) similarity matrix bounds memory.
+    chunks so the (chunk, N) similarity matrix bounds memory: by default as many rows as
+    keep it under 2^27 entries (1024 rows for CIFAR's 50k, 104 for ImageNet's 1.28M).
     """
     train_labels = _as_label_tensor(train_labels, train_features.device, "train_labels")
     _check_knn_inputs(train_features, train_labels, test_features, num_classes, k, temperature)
+    if chunk_size is None:
+        chunk_size = knn_chunk_rows(len(train_features))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     predictions = [
@@ -45,6 +48,14 @@ def knn_predict(
         for chunk in test_features.split(chunk_size)
     ]
     return torch.cat(predictions)
+
+
+KNN_CHUNK_ENTRIES = 2**27  # similarity entries per chunk: 256 MB in fp16, 512 MB in fp32
+
+
+def knn_chunk_rows(memory_size: int, max_rows: int = 1024) -> int:
+    """Test rows per kNN chunk for a memory of `memory_size` features."""
+    return max(1, min(max_rows, KNN_CHUNK_ENTRIES // max(1, memory_size)))
 
 
 def _knn_chunk(

@@ -80,6 +80,29 @@ def test_knn_chunk_size_does_not_change_predictions():
         )
 
 
+def test_knn_chunks_bound_the_similarity_matrix_at_imagenet_scale(monkeypatch):
+    """The default chunk keeps (rows x N) under 2^27 entries: CIFAR keeps 1024 rows,
+    ImageNet's 1.28M gets 104, and the automatic chunk predicts as one big chunk does."""
+    from interlab import evaluate
+
+    assert evaluate.knn_chunk_rows(50_000) == 1024
+    assert evaluate.knn_chunk_rows(1_281_167) == 104
+    assert evaluate.knn_chunk_rows(10**12) == 1
+    seen = []
+    real_chunk = evaluate._knn_chunk
+    monkeypatch.setattr(evaluate, "KNN_CHUNK_ENTRIES", 64 * 10)  # 10 rows per chunk of 64
+    monkeypatch.setattr(
+        evaluate, "_knn_chunk", lambda *a: seen.append(a[2].shape[0]) or real_chunk(*a)
+    )
+    generator = torch.Generator().manual_seed(0)
+    train = F.normalize(torch.randn(64, 8, generator=generator), dim=1)
+    labels = torch.randint(0, 4, (64,), generator=generator)
+    test = F.normalize(torch.randn(25, 8, generator=generator), dim=1)
+    automatic = evaluate.knn_predict(train, labels, test, 4, k=5)
+    assert seen == [10, 10, 5]
+    assert torch.equal(automatic, evaluate.knn_predict(train, labels, test, 4, k=5, chunk_size=25))
+
+
 def test_knn_rejects_k_larger_than_train_set_and_bad_labels():
     train, labels = _clustered_features(30, 3, 4, noise=1.0, seed=5)
     with pytest.raises(ValueError, match=r"k=31.*30"):
