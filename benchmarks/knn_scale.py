@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from interlab.evaluate import knn_chunk_rows, knn_top1
 
-
 NOISE = 0.2  # per dimension: neighbours of other classes come close, top-1 below 1
 
 
