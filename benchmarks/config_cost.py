@@ -65,9 +65,9 @@ def measure_step(trainer: Trainer) -> tuple[float, int]:
     """(FLOPs, saved bytes) of one training step, forward and backward."""
     saved = SavedBytes()
     indices = trainer.epoch_order()[: trainer.config.batch_size]
-    with FlopCounterMode(display=False) as flops:
-        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            trainer.train_step(indices)
+    keep = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t)
+    with FlopCounterMode(display=False) as flops, keep:
+        trainer.train_step(indices)
     return float(flops.get_total_flops()), saved.total
 
 
