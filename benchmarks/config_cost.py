@@ -11,7 +11,9 @@ prototypes (as built), and what depends on the dataset's size (InterCLR's bank a
 its gathered negatives), computed for the real N. Time divides FLOPs by the rate a bare
 ResNet-18 (CIFAR stem) step reached on an H100 (peers.md, 2026-11-22: 59.5k views/s fwd+bwd
 with bf16 and channels_last, eager), counted with the same counter. Every figure here is an
-estimate: no cuDNN workspaces or allocator slack; a lent GPU measures the real ones.
+estimate: no cuDNN workspaces or allocator slack. A lent GPU measures the real ones:
+`--measure cuda` times each config's step at its own batch and reads the peak memory
+allocated (an item of the GPU pack).
 """
 
 from __future__ import annotations
@@ -71,15 +73,18 @@ def measure_step(trainer: Trainer) -> tuple[float, int]:
     return float(flops.get_total_flops()), saved.total
 
 
-def small_trainer(name: str, data: str, batch: int, out: Path) -> Trainer:
+def small_trainer(
+    name: str, data: str, batch: int, out: Path, device: str = "cpu", **overrides: object
+) -> Trainer:
     keys = load_named_config(name)
-    keys.update(data=data, device="cpu", amp=True, batch_size=batch, out=str(out))
-    if "split_bn" in keys:  # one BN over the small batch (8 groups need 8 | batch)
+    keys.update(data=data, device=device, amp=True, batch_size=batch, out=str(out))
+    if "split_bn" in keys and batch % 8:  # 8 BN groups need 8 | batch
         keys["split_bn"] = 1
     if keys["method"] == "interclr":
         keys.update(SMALL_BANK)
     if keys["method"] == "cyclecontrast":
         keys.update(SMALL_QUEUES)
+    keys.update(overrides)
     trainer = Trainer(build_config(keys), progress=False)
     trainer.start_method()
     return trainer
@@ -122,12 +127,12 @@ def r18_flops_per_view() -> float:
     return flops.get_total_flops() / 8
 
 
-def data_for(name: str, root: Path) -> str:
+def data_for(name: str, root: Path, images: int = 48) -> str:
     frames = name.startswith("cyclecontrast")
     target = root / ("frames" if frames else "images")
     if not (target / "train" / "index.npz").exists():
         source = root / ("frame_tree" if frames else "tree")
-        make_images(source / ("" if frames else "train"), 48, seed=1)
+        make_images(source / ("" if frames else "train"), images, seed=1)
         prepare(source, target, workers=1, frames=frames, progress=False)
     return f"shards:{target}"
 
@@ -166,12 +171,56 @@ def config_cost(
     }  # fmt: skip
 
 
+def measured_step(name: str, root: Path, device: str, steps: int = 5, **overrides: object) -> dict:
+    """The config's real step on `device` at its own batch: seconds per step and, on CUDA,
+    the peak memory allocated; the hours of its whole run on 8 such GPUs (compute only)."""
+    keys = load_named_config(name)
+    batch = int(overrides.pop("batch_size", keys["batch_size"]))
+    data = data_for(name, root, images=max(2 * batch, 48))
+    trainer = small_trainer(name, data, batch, root / f"measure_{name}", device, **overrides)
+    indices = trainer.epoch_order()[:batch]
+    cuda = trainer.device.type == "cuda"
+    for _ in range(2):  # warm-up: lazy buffers, cuDNN autotune
+        trainer.train_step(indices)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(indices)
+    if cuda:
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - start) / steps
+    run_steps = dataset_size(name) // (batch * GPUS) * keys["epochs"]
+    return {
+        "config": name, "batch_per_gpu": batch, "step_s": round(step_s, 4),
+        "images_per_s": round(batch / step_s, 1), "hours_8gpu": round(step_s * run_steps / 3600, 2),
+        "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+        "device": str(trainer.device),
+    }  # fmt: skip
+
+
+def measure(configs: list[str], device: str) -> None:
+    """`--measure DEVICE`: every config's real step (the GPU pack runs this on a lent GPU)."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in configs:
+            rows[name] = measured_step(name, Path(folder), device)
+            print(json.dumps(rows[name]), flush=True)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(json.dumps({"measured": rows, "device": name, "torch": torch.__version__,
+                      "date": time.strftime("%Y-%m-%d")}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=CONFIGS)
     parser.add_argument("--sizes", type=int, nargs=2, default=(2, 4))
     parser.add_argument("--out", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument("--measure", metavar="DEVICE", help="measure each config's step there")
     args = parser.parse_args()
+    if args.measure:
+        return measure(args.configs, args.measure)
     per_view = r18_flops_per_view()
     rate = per_view * H100_R18_VIEWS_PER_S
     header = {"h100_rate_tflops": round(rate / 1e12, 1), "r18_gflops_per_view": per_view / 1e9,

@@ -466,6 +466,8 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
         ),
         Item("step_time", step_time, 100, "step"),
         Item("stream_speed", stream, 90, "speed"),  # shards: nvJPEG + crops vs DataLoader
+        # the ImageNet configs' real step at their own batch: memory and time per GPU
+        Item("config_cost", [PYTHON, "benchmarks/config_cost.py", "--measure", "cuda"], 90),
         # every method under bf16 + channels_last + compile: minutes of cold compiling, so it
         # runs after the measurements it would otherwise crowd out
         Item("gpu_compile_tests", compile_tests, 360, "tests", pytest_counts, no_failures),

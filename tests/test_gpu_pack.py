@@ -241,14 +241,14 @@ def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
     items = pack.default_items("npz:.gpudata/cifar10.npz")
     names = [item.name for item in items]
     assert len(set(names)) == len(names)
-    assert names[:7] == [
+    assert names[:8] == [
         "gpu_tests", "augment_speed", "moco_throughput", "kmeans", "step_time", "stream_speed",
-        "gpu_compile_tests",
+        "config_cost", "gpu_compile_tests",
     ]  # fmt: skip
-    tests, compile_tests = items[0].command, items[6].command
+    tests, compile_tests = items[0].command, items[7].command
     assert tests[tests.index("-k") + 1] == "not " + compile_tests[compile_tests.index("-k") + 1]
     assert all(any(p.startswith("--timeout=") for p in c) for c in (tests, compile_tests))
-    runs = list(dict.fromkeys(item.slice.run for item in items[7:]))
+    runs = list(dict.fromkeys(item.slice.run for item in items[8:]))
     assert runs[:3] == ["moco_100ep", "moco_200ep", "interclr_100ep"]
     assert len(runs) == 8  # + five study variants
     for item in items:
@@ -264,4 +264,4 @@ def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
         assert parts[0].run_dir.is_relative_to(ROOT / "benchmarks" / "out")
     # Measured step rates replace the guessed epoch time in the training estimates.
     measured = [{"item": "moco_throughput", "status": "ok", "figures": {"cifar10_epoch_s": 2.0}}]
-    assert items[7].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)
+    assert items[8].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)

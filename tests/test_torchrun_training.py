@@ -97,7 +97,11 @@ def test_kill_9_of_the_launcher_leaves_no_worker(tmp_path, tiny_npz):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 30
-    while _pids_training_in(tmp_path) and time.monotonic() < deadline:
+    # a killed process leaves /proc's command line before the kernel closes its files (the
+    # flock): wait for both
+    while time.monotonic() < deadline and (
+        _pids_training_in(tmp_path) or lock_holder(tmp_path / "run") is not None
+    ):
         time.sleep(0.2)
     survivors = {
         p: Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in _pids_training_in(tmp_path)
