@@ -159,6 +159,7 @@ def collect_train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from interlab.child_processes import die_with_parent_if_asked
+    from interlab.distributed import shut_down
     from interlab.train import train
 
     die_with_parent_if_asked()  # a torchrun worker of a notebook run: no orphan trains on
@@ -167,6 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(
         config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=args.progress
     )
+    shut_down()  # under torchrun: leave the process group before exiting (a failure skips it)
     print(json.dumps({"out": str(result.out), **result.final}))
     return 0
 

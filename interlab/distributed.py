@@ -37,6 +37,15 @@ def init_from_environment(device: torch.device) -> None:
     dist.init_process_group(backend=backend)
 
 
+def shut_down() -> None:
+    """Leave the process group before the interpreter exits: a gloo group still alive at
+    exit can abort the process (`terminate called without an active exception`) after its
+    work is done, and torchrun then reports the run failed."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @torch.no_grad()
 def gather_cat(tensor: Tensor) -> Tensor:
     """Concatenate a tensor from all ranks along dim 0 (no gradient), rank order."""
