@@ -65,6 +65,7 @@ def test_cluster_members_and_majority_are_named_by_class(run_dir, data):
     assert not any("class " in ax.get_title() for ax in fig.axes)
 
 
+@pytest.mark.slow  # UMAP of three epochs: 22 s
 def test_epochs_are_embedded_once_cached_and_aligned(run_dir, data):
     images, truth = data
     explorer = ClusterExplorer(run_dir, images, truth)

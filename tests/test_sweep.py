@@ -310,6 +310,7 @@ def test_study_notebooks_read_a_finished_sweep(study, tmp_path, tiny_npz):
         assert "| -0.5 | " in markdown
 
 
+@pytest.mark.slow  # executes the report notebook: 15 s
 def test_report_notebook_shows_the_table(toy_notebook, tmp_path):
     import papermill
 

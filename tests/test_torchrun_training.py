@@ -22,6 +22,7 @@ OVERRIDES = {"backbone": "convnet", "cifar_stem": False, "queue_size": 192, "knn
              "eval_every": 1, "checkpoint_every": 1, "log_every": 2}  # fmt: skip
 
 
+@pytest.mark.slow  # starts torchrun and two workers: 8 s
 def test_two_processes_train_as_two_ddp_ranks_and_evaluate_here(tmp_path, tiny_npz, capsys):
     config = experiment_config("moco", f"npz:{tiny_npz}", 1, 32, "cpu", 0, tmp_path, OVERRIDES)
     summary = run_experiment(config, tmp_path, linear=False, processes=2)
