@@ -158,8 +158,7 @@ def submit_sweep(
     extra_parameters = settings.run_parameters(sweep)  # checked before anything is submitted
     out = prepare_sweep_folder(sweep, out)
     executor = slurm_executor(out, settings)
-    record_slurm_states(out, sweep.runs)  # what SLURM did to the last submission's jobs
-    busy = active_runs([out / r.name for r in sweep.runs])
+    busy = record_slurm_states(out, sweep.runs)  # what SLURM did to the last submission's jobs
     pending = [
         r for r in sweep.runs
         if (read_status(out / r.name) or {}).get("state") != "done" and out / r.name not in busy
@@ -242,9 +241,10 @@ def final_job_state(job_id: str, wait_s: float = 30.0) -> str | None:
     return None if state in UNSETTLED else state
 
 
-def record_slurm_states(out: Path, runs: list[SweepRun]) -> None:
+def record_slurm_states(out: Path, runs: list[SweepRun]) -> set[Path]:
     """Each ended job that did not finish its run: the run is recorded failed with SLURM's
-    state (a time-out, out of memory, cancelled, ...) beside the error the run itself wrote."""
+    state (a time-out, out of memory, cancelled, ...) beside the error the run itself wrote.
+    Returns the runs still active (`active_runs`), which it had to ask for anyway."""
     run_dirs = [out / run.name for run in runs]
     busy = active_runs(run_dirs)
     for run, run_dir in zip(runs, run_dirs, strict=True):
@@ -265,3 +265,4 @@ def record_slurm_states(out: Path, runs: list[SweepRun]) -> None:
             "state": "failed", "slurm_state": state, "slurm_job": job_id,
             "error": error if error.startswith("SLURM ") else f"SLURM {state}: {error}",
         })  # fmt: skip
+    return busy
