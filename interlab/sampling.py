@@ -134,7 +134,17 @@ def _draw_without_replacement(
 
 
 def false_negative_share(labels: Tensor, indices: Tensor, negatives: Tensor) -> Tensor:
-    """Share of (B, K) sampled negatives whose true class is their query's (known labels only)."""
+    """Share of (B, K) sampled negatives whose true class is their query's (known labels only).
+
+    `labels` must live where the negatives were drawn (the bank's device): a step must not
+    copy the training set's labels, so a table left behind on another device is named here.
+    """
+    for name, tensor in (("indices", indices), ("negatives", negatives)):
+        if tensor.device != labels.device:
+            raise ValueError(
+                f"labels are on {labels.device} but the {name} on {tensor.device}; keep the "
+                "true labels on the bank's device"
+            )
     own, theirs = labels[indices].unsqueeze(1), labels[negatives]
     known = (own >= 0) & (theirs >= 0)
     return ((theirs == own) & known).sum() / known.sum().clamp_min(1)

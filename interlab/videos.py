@@ -53,7 +53,9 @@ def load_frames(
 
 
 class VideoIndex:
-    """Which frames belong to which video, sorted so one video's frames are contiguous."""
+    """Which frames belong to which video, sorted so one video's frames are contiguous.
+
+    Every table lives on the device of `videos` (the run's device: steps index it there)."""
 
     def __init__(self, videos: Tensor) -> None:
         if videos.dtype != torch.int64 or videos.dim() != 1 or len(videos) == 0:
@@ -70,6 +72,11 @@ class VideoIndex:
         As in the released CycleContrast, frame b is drawn independently of frame a; a video
         with a single frame pairs the frame with itself.
         """
+        if frames.device != self.videos.device:
+            raise ValueError(
+                f"frames are on {frames.device} but this video index on {self.videos.device}; "
+                "build the index from videos on the frames' device"
+            )
         video = self.videos[frames]
         draw = torch.rand(len(frames), device=frames.device, generator=generator)
         count = self.counts[video]

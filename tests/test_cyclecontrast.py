@@ -206,6 +206,14 @@ def test_other_frames_come_from_the_same_video():
         assert counts.min() > 40
 
 
+def test_a_video_index_keeps_its_tables_on_the_videos_device_and_names_stray_frames():
+    index = VideoIndex(torch.tensor([1, 0, 1]))
+    tables = [value for value in vars(index).values() if isinstance(value, torch.Tensor)]
+    assert len(tables) == 4 and all(t.device.type == "cpu" for t in tables)
+    with pytest.raises(ValueError, match="frames are on meta but this video index on cpu"):
+        index.other_frames(torch.tensor([0, 2], device="meta"))
+
+
 def test_a_still_camera_path_reproduces_the_image(mini_train):
     images = mini_train.images[:6]
     still = PseudoVideoConfig(frames=3, zoom=(1.0, 1.0), pan=0.0, drift=0.0)

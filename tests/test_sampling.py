@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from interlab.memory import MemoryBank
-from interlab.sampling import sample_negatives, sample_positives
+from interlab.sampling import false_negative_share, sample_negatives, sample_positives
 
 N, DIM = 60, 2
 
@@ -130,3 +130,14 @@ def test_counts_that_do_not_fit_are_named(bank):
         sample_negatives(bank, query, index, "semihard", 20, 10)
     with pytest.raises(ValueError, match="unknown negative sampling 'nearest'"):
         sample_negatives(bank, query, index, "nearest", 5, 10)
+
+
+def test_false_negative_share_counts_known_same_class_negatives_and_names_a_stray_table():
+    labels = torch.tensor([0, 0, 1, 1, -1, 2])
+    indices = torch.tensor([0, 2])
+    negatives = torch.tensor([[1, 2, 4], [3, 3, 5]])  # query 0: 1 same of 2 known; query 2: 2 of 3
+    assert false_negative_share(labels, indices, negatives).item() == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="labels are on meta but the indices on cpu"):
+        false_negative_share(labels.to("meta"), indices, negatives)
+    with pytest.raises(ValueError, match="labels are on cpu but the negatives on meta"):
+        false_negative_share(labels, indices, negatives.to("meta"))

@@ -21,7 +21,7 @@ from interlab.cli import main as cli_main
 from interlab.config import build_config
 from interlab.data import load_dataset
 from interlab.data.prepare import prepare
-from interlab.data.shards import ShardSet, centre_boxes
+from interlab.data.shards import ShardSet, centre_boxes, paste_on_host, paste_padded
 from interlab.train import CHECKPOINT_NAME, Trainer, train
 from tests.test_prepare import make_tree
 
@@ -35,6 +35,17 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "out"
     prepare(root, out, max_side=96, workers=1, shard_images=40, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def frames_shards(tmp_path_factory):
+    """`prepare --frames` of 24 short videos of one gliding shape each (real video ids)."""
+    from interlab.videos import write_moving_shapes
+
+    root = tmp_path_factory.mktemp("frames")
+    write_moving_shapes(root / "videos", videos=24)
+    prepare(root / "videos", root / "shards", frames=True, max_side=64, progress=False)
+    return root / "shards"
 
 
 def test_reader_gives_labels_sizes_and_pillow_identical_pixels(shards):
@@ -224,22 +235,18 @@ def test_dino_and_scfs_multi_crop_from_shards(shards, tmp_path):
         assert torch.isfinite(torch.tensor(result.final["loss"]))
 
 
-@pytest.mark.slow
-def test_frames_shards_train_cyclecontrast(tmp_path):
+def test_frames_shards_train_cyclecontrast(frames_shards, tmp_path):
     """`prepare --frames`, then CycleContrast with real video ids: positives from other frames
     of the same video, the query's own video masked out of the negatives."""
-    from interlab.videos import write_moving_shapes
-
-    write_moving_shapes(tmp_path / "frames", videos=24)
-    prepare(tmp_path / "frames", tmp_path / "shards", frames=True, max_side=64, progress=False)
-    data = ShardSet(tmp_path / "shards")
+    data = ShardSet(frames_shards)
     assert data.videos is not None and not data.has_labels
-    keys = {"method": "cyclecontrast", "data": f"shards:{tmp_path / 'shards'}", "epochs": 1,
-            "batch_size": 16, "max_steps_per_epoch": 2, "queue_size": 32, "cycle_queue_size": 32,
-            "support_size": 16}  # fmt: skip
-    result = train(shard_config(tmp_path, tmp_path / "run", **keys), progress=False)
-    assert torch.isfinite(torch.tensor(result.final["loss"]))
+    keys = {"method": "cyclecontrast", "epochs": 1, "batch_size": 16, "max_steps_per_epoch": 2,
+            "queue_size": 32, "cycle_queue_size": 32, "support_size": 16}  # fmt: skip
+    result = train(shard_config(frames_shards, tmp_path / "run", **keys), progress=False)
+    assert result.final["step"] == 2 and torch.isfinite(torch.tensor(result.final["loss"]))
     assert "knn_top1" not in result.final  # frames carry no class
+    index = result.method.video_index  # built on the run's device from the set's videos
+    assert torch.equal(index.videos, torch.from_numpy(data.entries.videos))
 
 
 def test_load_dataset_maps_test_to_val(shards):
@@ -343,3 +350,128 @@ def test_only_rows_a_method_decodes_are_prefetched():
     rows = torch.tensor([3, 1, 2])
     assert Method.rows_to_decode(None, rows) is rows
     assert CycleContrast.rows_to_decode(None, rows) is None
+
+
+# ---- every table on the run's device, and a step that never waits for it ---------------------
+
+
+def tensors_of(thing) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in vars(thing).items() if isinstance(value, torch.Tensor)}
+
+
+def test_to_moves_every_table_with_the_set(shards, frames_shards):
+    """Labels, sizes and video ids follow the set (meta stands for a GPU: no CUDA needed), in
+    place; what stays on the host is the index that decoding reads."""
+    for directory, names in ((shards, {"labels", "sizes"}), (frames_shards, {"labels", "sizes", "videos"})):  # fmt: skip
+        data = ShardSet(directory)
+        sizes = data.sizes.clone()
+        assert data.to("meta") is data and data.device == torch.device("meta")
+        tables = tensors_of(data)
+        assert set(tables) == names and all(t.device.type == "meta" for t in tables.values())
+        assert data.sizes.shape == sizes.shape and data.sizes.dtype == torch.int64
+        assert data.has_labels == (directory == shards)  # read on the host: no device sync
+
+
+def test_the_one_gather_paste_equals_the_per_image_paste(shards):
+    """What a GPU runs (one gather from the concatenated bytes), run on the CPU, gives the
+    CPU path's padded batch byte for byte, with the sizes; a decoded size that disagrees with
+    the index is named."""
+    data = ShardSet(shards)
+    rows = np.array([3, 10, 20, 30, 0, len(data) - 1, 77])
+    decoded = data.decode(rows)
+    sizes = data.entries.sizes[rows].astype(np.int64)
+    assert len({tuple(s) for s in sizes.tolist()}) > 3  # images of several sizes
+    planar, pasted_sizes = paste_padded(decoded, sizes, torch.device("cpu"))
+    expected = paste_on_host(decoded, sizes)
+    assert planar.shape == (7, 3, *sizes.max(axis=0)) and torch.equal(planar, expected)
+    assert pasted_sizes.dtype == torch.int64 and pasted_sizes.tolist() == sizes.tolist()
+    with pytest.raises(ValueError, match=r"image 0 was decoded as \(3, \d+, \d+\); its index says"):
+        paste_padded(decoded, sizes[::-1].copy(), torch.device("cpu"))
+
+
+def test_positions_are_the_same_in_int32_and_int64(shards):
+    """Batches too large for int32 positions take int64 ones: the same positions."""
+    from interlab.data.shards import _source_positions
+
+    sizes = torch.tensor([[2, 3], [3, 1]])
+    offsets = torch.tensor([0, 18])
+    small = _source_positions(sizes, offsets, 3, 3, total=27)
+    large = _source_positions(sizes, offsets, 3, 3, total=2**31)
+    assert small.dtype == torch.int32 and large.dtype == torch.int64
+    inside = small != 27
+    assert inside.sum() == 27 and torch.equal(small[inside].long(), large[inside])
+    assert small[0, 1, 1].tolist() == [9, 10, 11]  # green row 1 of the 2 x 3 image
+    assert small[1, 2, :, 0].tolist() == [24, 25, 26]  # blue column of the 3 x 1 image
+
+
+def test_steps_of_a_followed_order_map_to_the_rows_of_its_host_copy(shards):
+    """A whole epoch of a rank's share (a strided view), the last step partial: each step's
+    slice maps to the rows `.cpu()` of it gives, read from the host copy taken once (a changed
+    tensor still maps to the epoch's rows); a tensor that is no slice of it is read itself."""
+    data = ShardSet(shards)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[1::2]
+    data.follow_order(order)
+    batch = 10
+    steps = [order[start : start + batch] for start in range(0, len(order), batch)]
+    assert len(steps) == 8 and len(steps[-1]) == 3  # 73 rows
+    epoch = [step.numpy().copy() for step in steps]
+    for step, rows in zip(steps, epoch, strict=True):
+        assert np.array_equal(data.host_rows(step), rows)
+    order.fill_(0)
+    for step, rows in zip(steps, epoch, strict=True):
+        assert np.array_equal(data.host_rows(step), rows)
+    assert not data.host_rows(steps[0].clone()).any()  # a copy: its (changed) values
+    assert not data.host_rows(order[::2]).any()  # another step between elements
+    assert np.array_equal(data.host_rows([4, 2]), [4, 2])
+
+
+def test_a_prefetched_epoch_decodes_each_step_s_rows(shards):
+    """The trainer's loop: prefetch the next step's slice, then take this one's batch; every
+    batch is the padded batch of the slice's rows and no prefetch is left over."""
+    data = ShardSet(shards)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(1))
+    data.follow_order(order)
+    batch = 40
+    steps = [order[start : start + batch] for start in range(0, len(order), batch)]
+    assert len(steps[-1]) == len(order) % batch > 0
+    for i, step in enumerate(steps):
+        if i + 1 < len(steps):
+            data.prefetch(steps[i + 1])
+        images, sizes = data.padded_batch(step)
+        expected, expected_sizes = data._decode_padded(step.numpy().copy(), data.device)
+        assert torch.equal(images, expected) and torch.equal(sizes, expected_sizes)
+    assert not data._pending
+
+
+def test_a_streamed_epoch_maps_every_step_from_the_order_s_host_copy(shards, tmp_path, monkeypatch):
+    """The trainer hands the set its epoch order: each step's batch and each prefetch are
+    found in the order's host copy (on a GPU: no wait for the device per step)."""
+    found = []
+    window_in_order = ShardSet._window_in_order
+
+    def spy(self, indices):
+        found.append(window_in_order(self, indices))
+        return found[-1]
+
+    monkeypatch.setattr(ShardSet, "_window_in_order", spy)
+    config = shard_config(shards, tmp_path, epochs=1, max_steps_per_epoch=3, eval_every=0)
+    trainer = Trainer(config, progress=False)
+    trainer.train_epoch(None)
+    assert len(found) == 3 + 2  # three batches, two prefetches
+    assert all(window is not None for window in found)
+    assert [window.start for window in found] == [32, 0, 64, 32, 64]
+
+
+def test_interclr_trains_a_few_steps_from_shards(shards, tmp_path):
+    """The step's false-negative rate and the epoch's sampler probe index the set's labels
+    with the step's indices and the bank's draws."""
+    from interlab.sampling import NEGATIVE_STRATEGIES
+
+    keys = {"method": "interclr", "epochs": 1, "max_steps_per_epoch": 2, "eval_every": 0,
+            "num_clusters": 6, "num_negatives": 16, "pool": 40, "min_cluster": 4,
+            "probe_queries": 16}  # fmt: skip
+    result = train(shard_config(shards, tmp_path, **keys), progress=False)
+    final = result.final
+    assert final["step"] == 2 and torch.isfinite(torch.tensor(final["loss"]))
+    assert 0.0 <= final["false_negative_rate"] <= 1.0
+    assert all(0.0 <= final[f"fnr_{name}"] <= 1.0 for name in NEGATIVE_STRATEGIES)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -145,11 +146,13 @@ class CycleContrast(MoCo):
         return modules + [h for h in (self.cycle_head, self.key_cycle_head) if h is not None]
 
     # ---- data ---------------------------------------------------------------------------
-    def on_fit_start(self, train_set: ImageSet) -> None:
-        """Real videos get an index of their frames; still images become pseudo-videos."""
-        has_videos = train_set.videos is not None
-        self.video_index = VideoIndex(train_set.videos) if has_videos else None
-        self.item_labels = train_set.labels
+    def on_fit_start(self, train_set: ImageSet | ShardSet) -> None:
+        """Real videos get an index of their frames; still images become pseudo-videos. Both
+        tables live where the queues do: every step indexes them with its indices."""
+        device = self.queue.device
+        videos = train_set.videos
+        self.video_index = None if videos is None else VideoIndex(videos.to(device))
+        self.item_labels = train_set.labels.to(device)
 
     def item_videos(self, indices: Tensor) -> Tensor:
         """The video of each item: its video id, or the image itself for pseudo-videos."""
@@ -178,7 +181,10 @@ class CycleContrast(MoCo):
         if isinstance(data, ShardSet):
             index = self.video_index or VideoIndex(data.videos)
             other = index.other_frames(indices, self.generator)
-            frames, sizes = data.padded_batch(torch.cat([indices, other]), data.device)
+            # The items' rows come from the epoch order's host copy; the other frames are drawn
+            # on the device, so reading their rows back is this step's one wait for it.
+            rows = np.concatenate([data.host_rows(indices), data.host_rows(other)])
+            frames, sizes = data.padded_batch(rows, data.device)
             (frame_a, frame_b), (size_a, size_b) = frames.chunk(2), sizes.chunk(2)
             abb = torch.cat([frame_a, frame_a, frame_b])
             views = self.augment(abb, self.generator, torch.cat([size_a, size_a, size_b]))
