@@ -32,9 +32,10 @@ test-slow: venv
 test-all: venv
 	$(PY) -m pytest -m "not gpu and not browser and not slurm"
 
-# The tests marked gpu (skipped without CUDA): the first thing to run on a GPU. On a lent GPU
-# machine without the venv: make test-gpu PY=python3
-GPU_TESTS := tests/test_gpu.py tests/test_augment.py tests/test_data.py
+# The tests marked gpu (skipped without CUDA): the first thing to run on a GPU. On a GPU
+# machine without the venv: make test-gpu PY=python3. Every tests/test_gpu*.py file joins by
+# its name (benchmarks/gpu_pack.py's gpu_tests globs the same).
+GPU_TESTS := $(sort $(wildcard tests/test_gpu*.py)) tests/test_augment.py tests/test_data.py
 test-gpu: $(if $(filter $(VENV)/%,$(PY)),venv)
 	$(PY) -m pytest -m gpu -p no:cacheprovider $(GPU_TESTS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,12 @@ import torch
 
 from interlab.config import build_config
 from interlab.data import load_dataset, write_npz
+from interlab.devices import CUBLAS_DETERMINISTIC_WORKSPACE
 
 torch.set_num_threads(2)
+# Before any test's first CUDA matmul (cuBLAS reads it once per process), so the GPU tests'
+# deterministic runs hold whatever ran before them; importing interlab sets it too.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
 
 
 @pytest.fixture(scope="session")

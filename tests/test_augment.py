@@ -31,6 +31,7 @@ from interlab.augment import (
     resized_crop,
     to_float,
 )
+from interlab.devices import matmul_precision
 from tests.augment_ops import (
     adjust_brightness,
     adjust_contrast,
@@ -250,14 +251,9 @@ def test_apply_ignores_autocast_and_keeps_matmul_precision(cifar: torch.Tensor) 
     augment = Augment(AugmentConfig(blur_p=0.5))
     params = augment.sample_params(8, 32, 32, "cpu", torch.Generator().manual_seed(25))
     expected = augment.apply(cifar[:8], params)
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("medium")
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            result = augment.apply(cifar[:8], params)
+    with matmul_precision("medium"), torch.autocast("cpu", dtype=torch.bfloat16):
+        result = augment.apply(cifar[:8], params)
         assert torch.get_float32_matmul_precision() == "medium"  # restored after the call
-    finally:
-        torch.set_float32_matmul_precision(saved)
     assert result.dtype == torch.float32
     assert torch.equal(result, expected)
 
@@ -567,10 +563,6 @@ def test_cuda_matches_cpu_without_host_syncs(cifar: torch.Tensor) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     cuda_params = AugmentParams(**{k: v.cuda() for k, v in vars(params).items()})
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer sets it
-    try:
+    with matmul_precision("high"):  # TF32, as the trainer sets it (interlab.devices.set_tf32)
         on_cuda = augment.apply(images, cuda_params).cpu()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
     assert max_error(on_cuda, on_cpu) < PIPELINE_TOL

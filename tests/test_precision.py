@@ -8,12 +8,27 @@ similarities and MarginNCE, DINO's prototype scores, every loss's softmax) stay 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from interlab.augment import Augment, AugmentConfig
+from interlab.augment.exact import full_float32
 from interlab.config import build_config
-from interlab.devices import configure_backends, full_precision, native_bf16, precision_policy
+from interlab.devices import (
+    CUBLAS_DETERMINISTIC_WORKSPACE,
+    configure_backends,
+    full_precision,
+    matmul_precision,
+    native_bf16,
+    precision_policy,
+)
 from interlab.methods import METHOD_NAMES
 from interlab.train import Trainer
 
@@ -142,30 +157,26 @@ def test_compile_compiles_every_network_a_step_calls(method, tmp_path, mixed_npz
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
-@pytest.fixture
-def saved_backend_flags():
-    """configure_backends sets process-wide flags: put them back for the tests that follow."""
-    flags = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cudnn.deterministic,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-        torch.are_deterministic_algorithms_enabled(),
-    )
-    yield
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[:2]
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags[2:4]
-    torch.use_deterministic_algorithms(flags[4])
-
-
-def cuda_flags() -> tuple[bool, bool, bool, bool, bool]:
+def backend_flags() -> tuple:
+    """The process-wide flags configure_backends sets, read through interlab's precision API."""
     return (
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
-        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
         torch.backends.cudnn.allow_tf32,
         torch.are_deterministic_algorithms_enabled(),
     )
+
+
+@pytest.fixture
+def saved_backend_flags():
+    """configure_backends sets process-wide flags: put them back for the tests that follow."""
+    flags = backend_flags()
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags[:2]
+    torch.set_float32_matmul_precision(flags[2])
+    torch.backends.cudnn.allow_tf32 = flags[3]
+    torch.use_deterministic_algorithms(flags[4])
 
 
 def test_deterministic_turns_off_autotune_and_tf32_and_back(saved_backend_flags):
@@ -173,9 +184,87 @@ def test_deterministic_turns_off_autotune_and_tf32_and_back(saved_backend_flags)
     The flags are process-wide, so a later fast run must switch them back on."""
     cuda = torch.device("cuda")
     configure_backends(cuda, deterministic=True)
-    assert cuda_flags() == (False, True, False, False, True)
+    assert backend_flags() == (False, True, "highest", False, True)
     configure_backends(cuda, deterministic=False)
-    assert cuda_flags() == (True, False, True, True, False)
+    assert backend_flags() == (True, False, "high", True, False)
+
+
+def every_precision_view() -> dict[str, object]:
+    """Each of torch's readers of the fp32 precision: each raises when the records disagree
+    ("mix of the legacy and new APIs"); torch's compiler calls the legacy ones itself."""
+    views = {
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
+        views["cuda.matmul.fp32_precision"] = torch.backends.cuda.matmul.fp32_precision
+        views["mkldnn.matmul.fp32_precision"] = torch.backends.mkldnn.matmul.fp32_precision
+    return views
+
+
+def test_augment_between_fast_and_deterministic_runs_keeps_precision_readable(
+    saved_backend_flags,
+):
+    """The GPU resume test's failure on an H200 (torch 2.11), reproduced on a CPU: a fast run's
+    flags, an augmentation call (which raises the matmul precision to "highest" and puts it
+    back), then a deterministic run's flags left torch's records of the precision in a state
+    that it refuses to read ("mix of the legacy and new APIs"): the next augmentation raised.
+    One precision API for both keeps every reader consistent."""
+    cuda = torch.device("cuda")
+    augment = Augment(AugmentConfig(blur_p=0.5))
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    before, after = [], []
+    for deterministic in (False, True, False, True):
+        configure_backends(cuda, deterministic)
+        before.append(every_precision_view())
+        augment(images, torch.Generator().manual_seed(0))  # raised here, in the 2nd round
+        after.append(every_precision_view())
+    assert after == before  # the augmentation put back every record it changed
+    for views, tf32 in zip(before, (True, False, True, False), strict=True):
+        assert views["matmul_precision"] == ("high" if tf32 else "highest")
+        assert views["cuda.matmul.allow_tf32"] == views["cudnn.allow_tf32"] == tf32
+
+
+def test_the_augmentation_runs_at_highest_precision_and_restores_the_callers():
+    seen = []
+    with matmul_precision("medium"):
+        with full_float32(torch.device("cpu")):
+            seen.append(torch.get_float32_matmul_precision())
+        seen.append(torch.get_float32_matmul_precision())
+    assert seen == ["highest", "medium"]
+    with pytest.raises(ValueError, match="'fast'"), matmul_precision("fast"):
+        pass
+
+
+@pytest.mark.parametrize("preset", [None, ":16:8"])
+def test_importing_interlab_fixes_the_cublas_workspace_unless_the_user_did(preset):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, at its first handle: interlab sets
+    it at import, before any CUDA work, so deterministic=true holds in any later run."""
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    if preset is not None:
+        env["CUBLAS_WORKSPACE_CONFIG"] = preset
+    code = "import os, interlab; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert shown == (preset or CUBLAS_DETERMINISTIC_WORKSPACE)
+
+
+PRECISION_SETTERS = re.compile(r"allow_tf32\s*=|fp32_precision\s*=|set_float32_matmul_precision\(")
+
+
+def test_one_module_sets_the_precision():
+    """Every precision change goes through interlab.devices (set_tf32, matmul_precision), so
+    one API is used throughout; tests only put back what they changed."""
+    root = Path(__file__).resolve().parent.parent
+    setters = [
+        str(path.relative_to(root))
+        for folder in ("interlab", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        if PRECISION_SETTERS.search(path.read_text())
+    ]
+    assert setters == ["interlab/devices.py"]
 
 
 def test_the_trainer_passes_its_deterministic_key(monkeypatch, tmp_path, saved_backend_flags):

@@ -14,20 +14,19 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from interlab.devices import matmul_precision
+
 
 @contextlib.contextmanager
 def full_float32(device: torch.device) -> Iterator[None]:
-    """float32 GEMMs without TF32/bf16 shortcuts and outside autocast; restores the setting."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
+    """float32 GEMMs without TF32/bf16 shortcuts and outside autocast; restores the setting
+    through the precision API the trainer uses (interlab.devices.set_tf32)."""
+    with matmul_precision("highest"):
         if device.type in ("cpu", "cuda"):
             with torch.autocast(device.type, enabled=False):
                 yield
         else:
             yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
 
 
 def exact(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
