@@ -123,6 +123,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
+    from interlab.lab.device_slots import DEFAULT_RUN_GB  # no torch: the parser stays fast
+
     p = commands.add_parser("sweep", help="run a grid of parameterized notebooks (papermill)")
     p.add_argument("grid", nargs="?", help="grid YAML (see notebooks/sweeps/)")
     p.add_argument("--status", metavar="DIR", help="print each run's state of a sweep folder")
@@ -133,11 +135,20 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--mem-gb", type=float)
     p.add_argument("--time-min", type=int, help="SLURM time limit per run (minutes)")
     p.add_argument("--max-parallel", type=int, help="SLURM array tasks running at once")
+    p.add_argument("--runs-per-gpu", type=int, metavar="K",
+                   help="SLURM: K runs share one GPU (one array task runs K at once)")  # fmt: skip
     p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra sbatch option, e.g. --slurm-arg qos=high (repeatable)")  # fmt: skip
     p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
-    p.add_argument("--devices", help="GPU ids, e.g. 0,1: one run per GPU at a time")
+    p.add_argument("--devices", help="GPU ids, e.g. 0,1: --runs-per-device runs per GPU at a time")
+    p.add_argument("--runs-per-device", type=int, metavar="K",
+                   help="local: K runs at once on each device (each --devices GPU, else the "
+                   "runs' own device, the CPU included)")  # fmt: skip
+    p.add_argument("--min-free-gb", type=float, metavar="GB",
+                   help="free GPU memory a run needs before it starts beside others "
+                   f"(default {DEFAULT_RUN_GB:g} with --runs-per-device > 1); it waits until "
+                   "then")  # fmt: skip
     p.add_argument("--small", action="store_true", help="the grid's small, CPU-sized form")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (replaces the grid's list)")
     p.add_argument("--no-report", dest="report", action="store_false")
@@ -232,12 +243,42 @@ def run_on_slurm(sweep: Any, out: Any, args: argparse.Namespace) -> list[dict]:
     extra = dict(arg.split("=", 1) for arg in args.slurm_arg if "=" in arg)
     if len(extra) != len(args.slurm_arg):
         raise ValueError(f"--slurm-arg takes KEY=VALUE; got {args.slurm_arg}")
+    if args.runs_per_device is not None or args.min_free_gb is not None:
+        raise ValueError(
+            "--runs-per-device and --min-free-gb are the local executor's; on SLURM, "
+            "--runs-per-gpu K runs K runs in one array task on its GPU"
+        )
     settings = cluster_settings(
         sweep.executor, partition=args.partition, gpus_per_run=args.gpus_per_run,
         cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb, time_min=args.time_min,
-        max_parallel=args.max_parallel, slurm_args=extra,
+        max_parallel=args.max_parallel, runs_per_gpu=args.runs_per_gpu, slurm_args=extra,
     )  # fmt: skip
     return submit_sweep(sweep, out, settings)
+
+
+def run_locally(sweep: Any, out: Any, args: argparse.Namespace) -> list[dict]:
+    from interlab.lab.sweep import run_sweep
+
+    if args.runs_per_gpu is not None:
+        raise ValueError(
+            "--runs-per-gpu is the SLURM executor's; locally, --runs-per-device K "
+            "(with --devices) runs K at once on each device"
+        )
+    return run_sweep(
+        sweep, out, workers=args.workers, devices=device_list(args.devices),
+        runs_per_device=args.runs_per_device, min_free_gb=args.min_free_gb,
+    )  # fmt: skip
+
+
+def device_list(text: str | None) -> list[str] | None:
+    """`--devices 0,1` -> ["cuda:0", "cuda:1"]; a bad entry is named."""
+    if text is None:
+        return None
+    ids = [part.strip() for part in text.split(",")]
+    bad = [part for part in ids if not part.isdigit()]
+    if bad or not ids:
+        raise ValueError(f"--devices takes GPU ids such as 0,1; got {text!r}")
+    return [f"cuda:{part}" for part in ids]
 
 
 def print_sweep_states(folder: str) -> int:
@@ -262,7 +303,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from interlab.lab.experiment import check_training_run
     from interlab.lab.grids import load_sweep
     from interlab.lab.report import write_report
-    from interlab.lab.sweep import SweepInterrupted, run_sweep
+    from interlab.lab.sweep import SweepInterrupted
 
     if args.status:
         return print_sweep_states(args.status)
@@ -275,13 +316,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     out = Path(
         args.out or Path("runs/sweeps") / (Path(args.grid).stem + ("-small" if args.small else ""))
     )
-    devices = [f"cuda:{d.strip()}" for d in args.devices.split(",")] if args.devices else None
     executor = args.executor or sweep.executor.get("name", "local")
     try:
         if executor == "slurm":
             statuses = run_on_slurm(sweep, out, args)
         else:
-            statuses = run_sweep(sweep, out, workers=args.workers, devices=devices)
+            statuses = run_locally(sweep, out, args)
     except SweepInterrupted as stop:
         print(f"interlab sweep: {stop}", file=sys.stderr)
         return 130

@@ -1,7 +1,8 @@
-"""Sweeps on a real single-node SLURM (`make test-slurm`, marker `slurm`).
+"""Sweeps on SLURM: how runs become array tasks (CPU, no SLURM needed, in the fast suite)
+and sweeps on a real single-node SLURM (`make test-slurm`, marker `slurm`).
 
 The fixture starts Debian's slurm-wlm with munge as ../shared/reference/slurm.md describes
-(root only) and stops what it started, by pid. Without `sbatch` the tests skip, unless
+(root only) and stops what it started, by pid. Without `sbatch` the slurm tests skip, unless
 INTERLAB_SLURM_REQUIRED=1 (CI), where that is a failure.
 """
 
@@ -21,17 +22,25 @@ from pathlib import Path
 
 import pytest
 
+from interlab.lab import slurm
 from interlab.lab.grids import sweep_from_spec
 from interlab.lab.slurm import (
     ClusterSettings,
+    active_runs,
+    array_jobs,
     cluster_settings,
     record_slurm_states,
+    slurm_parameters,
     submit_sweep,
 )
 from interlab.lab.sweep import read_status, sweep_states
-from tests.test_sweep import toy_notebook, toy_spec  # noqa: F401 (the fixture)
+from tests.test_sweep import (  # noqa: F401 (the fixtures)
+    fake_notebooks,
+    most_at_once,
+    toy_notebook,
+    toy_spec,
+)
 
-pytestmark = pytest.mark.slurm
 SLURM = Path("/tmp/interlab-slurm")
 TRAIN_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "train.ipynb"
 
@@ -125,6 +134,7 @@ def slurm_cluster():
             os.kill(pid, signal.SIGTERM)
 
 
+@pytest.mark.slurm
 def test_a_sweep_runs_as_an_array_job_and_records_each_run(slurm_cluster, toy_notebook, tmp_path):  # noqa: F811
     spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3]})
     spec["executor"] = {"name": "slurm", "cpus_per_run": 1, "time_min": 10}
@@ -171,6 +181,7 @@ def _job_id(run_dir: Path) -> str:
     return json.loads((run_dir / "slurm.json").read_text())["job_id"]
 
 
+@pytest.mark.slurm
 def test_cancelled_and_preempted_runs_resume_to_the_uninterrupted_result(
     slurm_cluster, tmp_path, tiny_npz
 ):
@@ -221,6 +232,7 @@ def _signalled(out: Path, run_dir: Path) -> bool:
     return any("Caught signal SIGUSR2" in log.read_text(errors="replace") for log in logs)
 
 
+@pytest.mark.slurm
 def test_a_run_with_two_gpus_trains_under_torchrun_inside_its_job(
     slurm_cluster, tmp_path, tiny_npz
 ):
@@ -242,3 +254,100 @@ def test_a_run_with_two_gpus_trains_under_torchrun_inside_its_job(
             tmp_path / "x",
             settings,
         )
+
+
+@pytest.mark.slurm
+def test_runs_share_a_gpu_inside_one_array_task(slurm_cluster, toy_notebook, tmp_path):  # noqa: F811
+    """--runs-per-gpu 2 on the fixture's stand-in GPUs: four runs, two array tasks, each
+    task running its two notebooks side by side and recording so."""
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5]})
+    spec["base"]["sleep"] = 3.0
+    spec["executor"] = {"name": "slurm", "gpus_per_run": 1, "runs_per_gpu": 2,
+                        "cpus_per_run": 1, "time_min": 10}  # fmt: skip
+    sweep = sweep_from_spec(spec)
+    statuses = submit_sweep(
+        sweep, tmp_path / "sweep", cluster_settings(sweep.executor), poll_s=1, timeout_s=600
+    )
+    assert [s["state"] for s in statuses] == ["done"] * 4, statuses
+    jobs = [_job_id(tmp_path / "sweep" / s["run"]) for s in statuses]
+    assert jobs[0] == jobs[1] != jobs[2] == jobs[3]  # two tasks of one array job
+    assert len({job.split("_")[0] for job in jobs}) == 1
+    assert [s["runs_on_device"] for s in statuses] == [2, 2, 2, 2]
+    assert all(s["gpus"] for s in statuses)  # SLURM's GPU of the task
+    assert most_at_once(statuses[:2]) == 2 and most_at_once(statuses[2:]) == 2
+
+
+def test_runs_per_gpu_groups_runs_into_tasks_with_their_resources(toy_notebook, tmp_path):  # noqa: F811
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5, 6, 7, 8]}))
+    settings = cluster_settings(
+        {"name": "slurm", "gpus_per_run": 1, "runs_per_gpu": 3, "cpus_per_run": 2,
+         "mem_gb": 8, "max_parallel": 2, "partition": "gpu"},
+    )  # fmt: skip
+    tasks = array_jobs(sweep, sweep.runs, tmp_path / "out", settings)
+    assert [[run.name for run, _ in task.runs] for task in tasks] == [
+        ["a=1-seed0", "a=3-seed0", "a=4-seed0"],
+        ["a=5-seed0", "a=6-seed0", "a=7-seed0"],
+        ["a=8-seed0"],
+    ]
+    assert tasks[2].runs[0][1] == str(tmp_path / "out" / "a=8-seed0")
+    assert all(task.threads == 2 for task in tasks)  # each run keeps its CPUs' threads
+    assert slurm_parameters(settings) == {
+        "timeout_min": 60, "cpus_per_task": 6, "mem_gb": 24, "gpus_per_node": 1,
+        "slurm_partition": "gpu", "slurm_array_parallelism": 2,
+        "slurm_additional_parameters": {},
+    }  # fmt: skip
+    alone = cluster_settings({"gpus_per_run": 1, "cpus_per_run": 2, "mem_gb": 8})
+    assert [len(task.runs) for task in array_jobs(sweep, sweep.runs, tmp_path, alone)] == [1] * 7
+    assert slurm_parameters(alone)["cpus_per_task"] == 2 and slurm_parameters(alone)["mem_gb"] == 8
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"runs_per_gpu": 0, "gpus_per_run": 1}, "runs_per_gpu must be an int >= 1; got 0"),
+        ({"runs_per_gpu": 2}, "needs gpus_per_run 1; got 0"),
+        ({"runs_per_gpu": 2, "gpus_per_run": 2}, "needs gpus_per_run 1; got 2"),
+        ({"runs_per_device": 2}, "unknown executor setting\\(s\\) \\['runs_per_device'\\]"),
+    ],
+)
+def test_bad_runs_per_gpu_is_refused(section, message):
+    with pytest.raises(ValueError, match=message):
+        cluster_settings(section)
+
+
+def test_a_task_runs_its_runs_side_by_side_and_skips_finished_ones(
+    toy_notebook,  # noqa: F811
+    tmp_path,
+    fake_notebooks,  # noqa: F811
+):
+    """What one array task does, called here without SLURM (papermill stood in for): its
+    three runs execute at once, each records the device it shared, a failing one is recorded
+    while the others finish, and the requeued task runs only what is unfinished."""
+    fake_notebooks.fail = True
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 2, 3]}))
+    settings = cluster_settings({"gpus_per_run": 1, "runs_per_gpu": 3, "cpus_per_run": 1})
+    (task,) = array_jobs(sweep, sweep.runs, tmp_path / "out", settings)
+    statuses = task()
+    assert [s["state"] for s in statuses] == ["done", "failed", "done"], statuses
+    assert [(s["device"], s["runs_on_device"]) for s in statuses] == [("cpu", 3)] * 3
+    assert fake_notebooks.most == {"cpu": 3} and most_at_once(statuses) == 3
+    fake_notebooks.fail = False
+    (again,) = task()  # requeued: the finished runs are skipped
+    assert again["run"] == "a=2-seed0" and again["state"] == "done"
+    assert again["runs_on_device"] == 1
+    assert fake_notebooks.executed[3:] == ["a=2-seed0"]
+
+
+def test_runs_sharing_a_task_are_active_while_its_job_is(tmp_path, monkeypatch):
+    """One squeue line per array task covers every run that task holds."""
+    run_dirs = [tmp_path / name for name in ("a", "b", "c")]
+    for run_dir, job in zip(run_dirs, ("7_0", "7_0", "7_1"), strict=True):
+        run_dir.mkdir()
+        (run_dir / "slurm.json").write_text(json.dumps({"job_id": job}))
+
+    def squeue(command, **kwargs):
+        assert command[:2] == ["squeue", "-h"] and "7_0,7_1" in command
+        return subprocess.CompletedProcess(command, 0, "7_0 RUNNING\n7_1 COMPLETED\n", "")
+
+    monkeypatch.setattr(slurm.subprocess, "run", squeue)
+    assert active_runs(run_dirs) == {run_dirs[0], run_dirs[1]}

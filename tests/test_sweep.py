@@ -1,6 +1,12 @@
 """Sweeps of parameterized notebooks: expansion, checks, failures, resume, report, CLI."""
 
 import json
+import os
+import subprocess
+import threading
+import time
+from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -8,10 +14,25 @@ import pytest
 import yaml
 
 from interlab.cli import main
+from interlab.lab import device_slots
+from interlab.lab.device_slots import (
+    DEFAULT_RUN_GB,
+    DeviceMemory,
+    DeviceSlots,
+    gpu_memory,
+    nvidia_smi_id,
+    resolve_run_device,
+)
 from interlab.lab.experiment import check_training_run
 from interlab.lab.notebook_params import declared_parameters
 from interlab.lab.report import collect_runs, summarise, write_report
-from interlab.lab.sweep import load_sweep, run_sweep, sweep_from_spec
+from interlab.lab.sweep import (
+    RunExecutor,
+    cpu_threads_per_run,
+    load_sweep,
+    run_sweep,
+    sweep_from_spec,
+)
 
 TRAIN_NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "train.ipynb"
 
@@ -26,7 +47,7 @@ def toy_notebook(tmp_path_factory) -> Path:
     params = nbformat.v4.new_code_cell(
         'a: int = 1\nb: float = 0.5\nseed: int = 0\nout_dir: str = "."\n'
         'marker: str = ""\nexecutions: str = ""\nsleep: float = 0.0\nlimit: int | None = None\n'
-        'extra: dict = {"x": 1}'
+        'extra: dict = {"x": 1}\ndevice: str = "cpu"'
     )
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
@@ -386,3 +407,282 @@ def test_stopping_a_running_notebook_leaves_no_status(toy_notebook, tmp_path):
     assert executor.execute(run, tmp_path / "stopped", None) is None
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "stopped" / "status.json").exists()  # a rerun will execute it again
+
+
+# Several runs at once on one device (--runs-per-device): the scheduling runs for real, the
+# notebooks are stood in for by FakeNotebooks (papermill's kernel start takes seconds).
+
+
+class FakeNotebooks:
+    """Papermill's stand-in: each run sleeps, then writes metrics.json (or fails for a=2 while
+    `fail` is set); it counts the runs alive at once on each device."""
+
+    def __init__(self, seconds: float = 0.3) -> None:
+        self.seconds, self.fail = seconds, False
+        self.lock = threading.Lock()
+        self.alive: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.most_in_all = 0
+        self.executed: list[str] = []
+
+    def __call__(self, parameters: dict, run_dir: Path) -> int:
+        device = parameters.get("device", "cpu")
+        with self.lock:
+            self.alive[device] += 1
+            self.most[device] = max(self.most[device], self.alive[device])
+            self.most_in_all = max(self.most_in_all, sum(self.alive.values()))
+            self.executed.append(run_dir.name)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.alive[device] -= 1
+        if self.fail and parameters["a"] == 2:
+            (run_dir / "run.log").write_text("RuntimeError: forced failure\n")
+            return 1
+        (run_dir / "metrics.json").write_text(json.dumps({"knn_top1": 0.5}))
+        return 0
+
+
+@pytest.fixture
+def fake_notebooks(monkeypatch) -> FakeNotebooks:
+    fake = FakeNotebooks()
+    monkeypatch.setattr(RunExecutor, "_papermill", staticmethod(fake))
+    return fake
+
+
+def no_gpu(device: str) -> DeviceMemory | None:
+    return None
+
+
+def gpu_with(free_gb: float, total_gb: float = 80.0):
+    def probe(device: str) -> DeviceMemory | None:
+        return DeviceMemory(free_gb, total_gb) if device.startswith("cuda") else None
+
+    return probe
+
+
+def most_at_once(statuses: list[dict], device: str | None = None) -> int:
+    """The most runs alive at once by their recorded start and finish times."""
+    events = []
+    for status in statuses:
+        if device is None or status["device"] == device:
+            events += [(datetime.fromisoformat(status["started"]), 1)]
+            events += [(datetime.fromisoformat(status["finished"]), -1)]
+    alive = most = 0
+    for _, change in sorted(events):  # a finish sorts before a start at the same instant
+        alive += change
+        most = max(most, alive)
+    return most
+
+
+def test_k_runs_share_the_cpu_at_once_and_never_more(toy_notebook, tmp_path, fake_notebooks):
+    fake_notebooks.seconds = 0.4
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5, 6, 7, 8]})
+    statuses = run_sweep(
+        sweep_from_spec(spec), tmp_path / "s", runs_per_device=3, progress=False,
+        memory_probe=no_gpu,
+    )  # fmt: skip
+    assert [s["state"] for s in statuses] == ["done"] * 7
+    assert fake_notebooks.most == {"cpu": 3}  # three at once, never four
+    assert most_at_once(statuses) == 3
+    assert {s["device"] for s in statuses} == {"cpu"}
+    assert sorted(s["runs_on_device"] for s in statuses)[:3] == [1, 2, 3]
+    assert max(s["runs_on_device"] for s in statuses) == 3
+    recorded = json.loads((tmp_path / "s" / "a=1-seed0" / "status.json").read_text())
+    assert recorded["device"] == "cpu" and recorded["runs_on_device"] in (1, 2, 3)
+
+
+def test_k_runs_on_each_listed_device(toy_notebook, tmp_path, fake_notebooks):
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5, 6, 7, 8, 9]})
+    statuses = run_sweep(
+        sweep_from_spec(spec), tmp_path / "s", devices=["cuda:0", "cuda:1"],
+        runs_per_device=2, progress=False, memory_probe=gpu_with(100.0),
+    )  # fmt: skip
+    assert [s["state"] for s in statuses] == ["done"] * 8
+    assert fake_notebooks.most == {"cuda:0": 2, "cuda:1": 2} and fake_notebooks.most_in_all == 4
+    assert all(s["parameters"]["device"] == s["device"] for s in statuses)
+    assert {s["device"] for s in statuses} == {"cuda:0", "cuda:1"}
+    assert most_at_once(statuses, "cuda:0") <= 2 and most_at_once(statuses, "cuda:1") <= 2
+    assert most_at_once(statuses) >= 3  # the two devices worked side by side
+
+
+def test_without_devices_each_run_shares_its_own_device_k_at_once(
+    toy_notebook, tmp_path, fake_notebooks
+):
+    """Four CPU runs first, then four on cuda:1: the pool has four workers, but the CPU
+    takes two at a time while the GPU's runs wait for their own turn."""
+    spec = toy_spec(toy_notebook, tmp_path, grid={"device": ["cpu", "cuda:1"], "a": [1, 3, 4, 5]})
+    statuses = run_sweep(
+        sweep_from_spec(spec), tmp_path / "s", runs_per_device=2, progress=False,
+        memory_probe=gpu_with(100.0),
+    )  # fmt: skip
+    assert [s["state"] for s in statuses] == ["done"] * 8
+    assert fake_notebooks.most == {"cpu": 2, "cuda:1": 2}
+    assert [s["device"] for s in statuses] == ["cpu"] * 4 + ["cuda:1"] * 4
+    assert most_at_once(statuses, "cpu") == 2 and most_at_once(statuses, "cuda:1") == 2
+
+
+def test_a_run_waits_while_our_runs_hold_the_memory_it_needs(
+    toy_notebook, tmp_path, fake_notebooks, capsys
+):
+    """15 GB free, 10 GB a run: the second run would only have 15 - 10 = 5 GB once the
+    first has allocated, so the runs take the device one at a time."""
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4]})
+    statuses = run_sweep(
+        sweep_from_spec(spec), tmp_path / "s", devices=["cuda:0"], runs_per_device=2,
+        min_free_gb=10, progress=False, memory_probe=gpu_with(15.0), poll_s=0.05,
+    )  # fmt: skip
+    assert [s["state"] for s in statuses] == ["done"] * 3
+    assert fake_notebooks.most == {"cuda:0": 1} and most_at_once(statuses) == 1
+    assert [s["runs_on_device"] for s in statuses] == [1, 1, 1]
+    assert (
+        "waiting for GPU memory: cuda:0 has 5.0 of 80.0 GB free for a new run (1 of ours "
+        "there), a run needs 10.0 GB (--min-free-gb)"
+    ) in capsys.readouterr().out
+
+
+def test_a_run_waits_until_another_process_frees_the_gpu(
+    toy_notebook, tmp_path, fake_notebooks, capsys
+):
+    """Someone else holds all but 4 GB for half a second; the default need (8 GB with
+    several runs per device) makes the run wait, then it starts."""
+    start = time.monotonic()
+
+    def probe(device: str) -> DeviceMemory:
+        return DeviceMemory(4.0 if time.monotonic() - start < 0.5 else 60.0, 80.0)
+
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1]})
+    (status,) = run_sweep(
+        sweep_from_spec(spec), tmp_path / "s", devices=["cuda:0"], runs_per_device=2,
+        progress=False, memory_probe=probe, poll_s=0.05,
+    )  # fmt: skip
+    assert status["state"] == "done" and status["runs_on_device"] == 1
+    assert fake_notebooks.executed == ["a=1-seed0"]
+    assert time.monotonic() - start >= 0.5 + fake_notebooks.seconds
+    out = capsys.readouterr().out
+    assert "cuda:0 has 4.0 of 80.0 GB free for a new run (0 of ours there)" in out
+    assert f"a run needs {DEFAULT_RUN_GB:.1f} GB (--min-free-gb)" in out
+
+
+def test_a_gpu_too_small_for_one_run_is_refused_before_anything_runs(
+    toy_notebook, tmp_path, fake_notebooks
+):
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1]})
+    with pytest.raises(ValueError, match=r"cuda:1 has 6\.0 GB in all; a run needs 12\.0 GB free"):
+        run_sweep(
+            sweep_from_spec(spec), tmp_path / "s", devices=["cuda:1"], min_free_gb=12,
+            progress=False, memory_probe=gpu_with(6.0, 6.0),
+        )  # fmt: skip
+    assert not (tmp_path / "s").exists() and fake_notebooks.executed == []
+
+
+def test_shared_devices_record_a_failure_go_on_and_a_rerun_skips_finished_runs(
+    toy_notebook, tmp_path, fake_notebooks
+):
+    fake_notebooks.fail = True
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 2, 3, 4]}))
+    statuses = run_sweep(
+        sweep, tmp_path / "s", runs_per_device=2, progress=False, memory_probe=no_gpu
+    )
+    states = {s["run"]: s["state"] for s in statuses}
+    assert states == {"a=1-seed0": "done", "a=2-seed0": "failed", "a=3-seed0": "done",
+                      "a=4-seed0": "done"}  # fmt: skip
+    assert statuses[1]["error"] == "RuntimeError: forced failure"
+    assert statuses[1]["device"] == "cpu" and statuses[1]["runs_on_device"] in (1, 2)
+    fake_notebooks.fail = False
+    again = run_sweep(sweep, tmp_path / "s", runs_per_device=2, progress=False, memory_probe=no_gpu)
+    assert [s["state"] for s in again] == ["done"] * 4
+    assert fake_notebooks.executed[4:] == ["a=2-seed0"]  # only the failed run ran again
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"runs_per_device": 0}, "runs_per_device must be >= 1; got 0"),
+        ({"runs_per_device": 2, "workers": 2}, "give workers \\(2\\) or runs_per_device"),
+        ({"min_free_gb": 0}, "min_free_gb must be > 0; got 0"),
+        ({"devices": []}, "devices is an empty list"),
+    ],
+)
+def test_bad_sharing_options_are_refused(toy_notebook, tmp_path, options, message):
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1]}))
+    with pytest.raises(ValueError, match=message):
+        run_sweep(sweep, tmp_path / "s", progress=False, memory_probe=no_gpu, **options)
+    assert not (tmp_path / "s").exists()
+
+
+def test_stopping_wakes_a_run_that_waits_for_memory():
+    slots = DeviceSlots(2, 10.0, gpu_with(1.0), poll_s=60.0, say=lambda line: None)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(slots.acquire(["cuda:0"])))
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waiting: 1 GB free, 10 GB needed
+    slots.stop()  # Ctrl-C
+    waiter.join(timeout=2)
+    assert not waiter.is_alive() and got == [None]
+
+
+def test_runs_at_once_split_the_cpu_threads():
+    cores = os.cpu_count() or 1
+    assert cpu_threads_per_run(1) is None
+    assert cpu_threads_per_run(2) == max(1, cores // 2)
+    assert cpu_threads_per_run(4 * cores) == 1
+
+
+def test_free_memory_comes_from_nvidia_smi_of_the_visible_gpu(monkeypatch):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout="10240, 81559\n", stderr="")
+
+    monkeypatch.setattr(device_slots.subprocess, "run", fake_run)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert nvidia_smi_id("cuda:1") == "5" and nvidia_smi_id("cuda") == "3"
+    assert nvidia_smi_id("cuda:2") is None and nvidia_smi_id("cpu") is None
+    memory = gpu_memory("cuda:1")
+    assert memory == DeviceMemory(10.0, pytest.approx(79.647, abs=1e-3))
+    assert calls[-1][-2:] == ["-i", "5"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert nvidia_smi_id("cuda:1") == "1"
+    assert resolve_run_device("auto", gpu_with(1.0)) == "cuda:0"
+    assert resolve_run_device("auto", no_gpu) == "cpu"
+    assert resolve_run_device("cuda") == "cuda:0" and resolve_run_device("cuda:3") == "cuda:3"
+    monkeypatch.setattr(
+        device_slots.subprocess, "run",
+        lambda command, **kwargs: subprocess.CompletedProcess(command, 9, "", "no driver"),
+    )  # fmt: skip
+    assert gpu_memory("cuda:0") is None
+
+
+def test_cli_runs_per_device_runs_notebooks_side_by_side(toy_notebook, tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3]})
+    spec["base"]["sleep"] = 1.0
+    grid.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "cli"
+    args = ["sweep", str(grid), "--out", str(out), "--no-report"]
+    assert main([*args, "--runs-per-device", "2"]) == 0
+    assert "2 of 2 runs done" in capsys.readouterr().out
+    statuses = [json.loads((out / f"a={a}-seed0" / "status.json").read_text()) for a in (1, 3)]
+    assert most_at_once(statuses) == 2  # the two notebooks overlapped in time
+    assert {s["device"] for s in statuses} == {"cpu"}
+    assert sorted(s["runs_on_device"] for s in statuses) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--runs-per-device", "0"], "runs_per_device must be >= 1; got 0"),
+        (["--runs-per-device", "2", "--workers", "2"], "not both"),
+        (["--runs-per-gpu", "2"], "--runs-per-gpu is the SLURM executor's"),
+        (["--executor", "slurm", "--runs-per-device", "2"], "are the local executor's"),
+        (["--devices", "0,x"], "--devices takes GPU ids such as 0,1; got '0,x'"),
+    ],
+)
+def test_cli_refuses_bad_sharing_flags(toy_notebook, tmp_path, capsys, flags, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(toy_spec(toy_notebook, tmp_path, grid={"a": [1]})))
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "x"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

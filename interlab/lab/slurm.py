@@ -1,26 +1,32 @@
-"""Sweeps on a SLURM cluster through submitit: one array job per sweep, one task per run.
+"""Sweeps on a SLURM cluster through submitit: one array job per sweep, one task per run
+(or per K runs that share one GPU, `runs_per_gpu`).
 
-Each task runs exactly what a local sweep runs for that run (`RunExecutor.execute`: the
+Each task runs exactly what a local sweep runs for its runs (`RunExecutor.execute`: the
 run-folder lock, papermill, `status.json`), so run folders look the same whichever executor
 made them. A task that SLURM stops for its time limit or a preemption is requeued by
-submitit's checkpointing hook and its notebook's trainer resumes from its checkpoint.
+submitit's checkpointing hook and its notebooks' trainers resume from their checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from interlab.lab.device_slots import resolve_run_device
 from interlab.lab.grids import Sweep, SweepRun
 from interlab.lab.sweep import (
     SWEEP_LOCK,
     RunExecutor,
     Status,
+    default_device,
     prepare_sweep_folder,
     read_status,
     write_status,
@@ -53,10 +59,11 @@ class ClusterSettings:
     mem_gb: float | None = None
     time_min: int = 60
     max_parallel: int | None = None
+    runs_per_gpu: int = 1  # runs of one array task, side by side on its one GPU
     slurm_args: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("gpus_per_run", "cpus_per_run", "time_min", "max_parallel"):
+        for name in ("gpus_per_run", "cpus_per_run", "time_min", "max_parallel", "runs_per_gpu"):
             value = getattr(self, name)
             low = 0 if name == "gpus_per_run" else 1
             if value is None and name == "max_parallel":
@@ -65,6 +72,11 @@ class ClusterSettings:
                 raise ValueError(f"executor setting {name} must be an int >= {low}; got {value!r}")
         if not isinstance(self.slurm_args, dict):
             raise ValueError(f"slurm_args must be a mapping; got {self.slurm_args!r}")
+        if self.runs_per_gpu > 1 and self.gpus_per_run != 1:
+            raise ValueError(
+                f"runs_per_gpu={self.runs_per_gpu} puts several runs on one GPU: it needs "
+                f"gpus_per_run 1; got {self.gpus_per_run}"
+            )
 
     @property
     def processes(self) -> int:
@@ -91,6 +103,31 @@ class ClusterSettings:
         return {"processes": self.processes}
 
 
+def slurm_parameters(settings: ClusterSettings) -> dict[str, Any]:
+    """submitit's parameters of one array task: a run's resources, times the runs that share
+    the task's GPU (CPUs and memory; the GPU itself once)."""
+    shared = settings.runs_per_gpu
+    parameters: dict[str, Any] = {
+        "timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_run * shared,
+        "slurm_additional_parameters": dict(settings.slurm_args),
+    }  # fmt: skip
+    if settings.partition:
+        parameters["slurm_partition"] = settings.partition
+    if settings.gpus_per_run:
+        parameters["gpus_per_node"] = settings.gpus_per_run
+    if settings.mem_gb:
+        parameters["mem_gb"] = settings.mem_gb * shared
+    if settings.max_parallel:
+        parameters["slurm_array_parallelism"] = settings.max_parallel
+    return parameters
+
+
+def task_groups(runs: list[SweepRun], runs_per_gpu: int) -> list[list[SweepRun]]:
+    """The runs of each array task, in the sweep's order: `runs_per_gpu` a task, the last
+    task takes what is left."""
+    return [runs[i : i + runs_per_gpu] for i in range(0, len(runs), runs_per_gpu)]
+
+
 def cluster_settings(section: dict[str, Any] | None, **flags: Any) -> ClusterSettings:
     """The grid's `executor:` keys (besides `name`), then the command line's flags over them."""
     values = {k: v for k, v in (section or {}).items() if k != "name"}
@@ -105,26 +142,62 @@ def cluster_settings(section: dict[str, Any] | None, **flags: Any) -> ClusterSet
 
 
 class NotebookJob:
-    """The callable a SLURM task runs: one sweep run, exactly as the local executor runs it.
+    """The callable a SLURM task runs: its sweep runs, side by side (one thread each), each
+    exactly as the local executor runs it.
 
-    submitit calls `checkpoint` when SLURM signals a time-out or preemption: the same run is
-    requeued, and its trainer resumes from the run's checkpoint."""
+    submitit calls `checkpoint` when SLURM signals a time-out or preemption: the same task
+    is requeued, its finished runs are skipped and the others' trainers resume from their
+    checkpoints."""
 
     def __init__(
-        self, notebook: str, run: SweepRun, run_dir: str, threads: int,
-        extra_parameters: dict[str, Any] | None = None,
+        self, notebook: str, runs: list[tuple[SweepRun, str]], threads: int,
+        extra_parameters: dict[str, Any] | None = None, default_device: str = "auto",
     ) -> None:  # fmt: skip
-        self.notebook, self.run, self.run_dir, self.threads = notebook, run, run_dir, threads
+        if not runs:
+            raise ValueError("a SLURM task needs at least one run")
+        self.notebook, self.runs, self.threads = notebook, list(runs), threads
         self.extra_parameters = dict(extra_parameters or {})
+        self.default_device = default_device  # the notebook's, for runs that set none
 
-    def __call__(self) -> Status | None:
+    def __call__(self) -> list[Status | None]:
         executor = RunExecutor(Path(self.notebook), self.threads, self.extra_parameters)
-        return executor.execute(self.run, Path(self.run_dir), None)
+        todo = [
+            (run, Path(run_dir)) for run, run_dir in self.runs
+            if (read_status(Path(run_dir)) or {}).get("state") != "done"
+        ]  # fmt: skip
+        devices = [
+            resolve_run_device(str(run.parameters.get("device") or self.default_device))
+            for run, _ in todo
+        ]  # on the node: cuda:0 is the task's GPU
+        statuses: list[Status | None] = [None] * len(todo)
+
+        def execute(index: int) -> None:
+            run, run_dir = todo[index]
+            placement = task_placement(devices[index], devices.count(devices[index]))
+            statuses[index] = executor.execute(run, run_dir, None, placement)
+
+        threads = [threading.Thread(target=execute, args=(i,)) for i in range(len(todo))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def task_placement(device: str, sharing: int) -> dict[str, Any]:
+    """What a task's run records: its device, how many runs share it, the node and the GPU
+    SLURM gave the task."""
+    placement: dict[str, Any] = {"device": device, "runs_on_device": sharing}
+    placement["host"] = socket.gethostname()
+    gpus = os.environ.get("SLURM_JOB_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus:
+        placement["gpus"] = gpus  # the node's ids of the task's GPUs
+    return placement
 
 
 def slurm_executor(out: Path, settings: ClusterSettings) -> Any:
@@ -133,29 +206,35 @@ def slurm_executor(out: Path, settings: ClusterSettings) -> Any:
     executor = submitit.AutoExecutor(folder=out / SUBMITIT_FOLDER)
     if executor.cluster != "slurm":
         raise ValueError("--executor slurm: no SLURM here (sbatch is not on PATH)")
-    parameters: dict[str, Any] = {
-        "timeout_min": settings.time_min, "cpus_per_task": settings.cpus_per_run,
-        "slurm_additional_parameters": dict(settings.slurm_args),
-    }  # fmt: skip
-    if settings.partition:
-        parameters["slurm_partition"] = settings.partition
-    if settings.gpus_per_run:
-        parameters["gpus_per_node"] = settings.gpus_per_run
-    if settings.mem_gb:
-        parameters["mem_gb"] = settings.mem_gb
-    if settings.max_parallel:
-        parameters["slurm_array_parallelism"] = settings.max_parallel
-    executor.update_parameters(**parameters)
+    executor.update_parameters(**slurm_parameters(settings))
     return executor
+
+
+def array_jobs(
+    sweep: Sweep, runs: list[SweepRun], out: Path, settings: ClusterSettings
+) -> list[NotebookJob]:
+    """One job per array task: `runs_per_gpu` runs each, every run with its CPU threads."""
+    extra_parameters = settings.run_parameters(sweep)
+    default = default_device(sweep)
+    jobs = []
+    for group in task_groups(runs, settings.runs_per_gpu):
+        runs_here = [(run, str(out / run.name)) for run in group]
+        jobs.append(
+            NotebookJob(
+                str(sweep.notebook), runs_here, settings.cpus_per_run, extra_parameters, default
+            )
+        )
+    return jobs
 
 
 def submit_sweep(
     sweep: Sweep, out: str | Path, settings: ClusterSettings, poll_s: float = 5.0,
     wait: bool = True, timeout_s: float | None = None,
 ) -> list[Status]:  # fmt: skip
-    """Submit the sweep's unfinished runs as one array job; with `wait`, return every run's
-    status once the jobs end (a job SLURM killed is recorded failed with SLURM's state)."""
-    extra_parameters = settings.run_parameters(sweep)  # checked before anything is submitted
+    """Submit the sweep's unfinished runs as one array job (`runs_per_gpu` runs a task);
+    with `wait`, return every run's status once the jobs end (a job SLURM killed is recorded
+    failed with SLURM's state)."""
+    settings.run_parameters(sweep)  # checked before anything is submitted
     out = prepare_sweep_folder(sweep, out)
     executor = slurm_executor(out, settings)
     busy = record_slurm_states(out, sweep.runs)  # what SLURM did to the last submission's jobs
@@ -169,16 +248,14 @@ def submit_sweep(
         return [
             read_status(out / r.name) or {"run": r.name, "state": "pending"} for r in sweep.runs
         ]
-    notebook, threads = str(sweep.notebook), settings.cpus_per_run
+    tasks = array_jobs(sweep, pending, out, settings)
     with executor.batch():
-        jobs = [
-            executor.submit(NotebookJob(notebook, r, str(out / r.name), threads, extra_parameters))
-            for r in pending
-        ]
-    for run, job in zip(pending, jobs, strict=True):
-        (out / run.name).mkdir(parents=True, exist_ok=True)
+        jobs = [executor.submit(task) for task in tasks]
+    for task, job in zip(tasks, jobs, strict=True):
         record = {"job_id": job.job_id, "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (out / run.name / JOB_RECORD).write_text(json.dumps(record))
+        for _, run_dir in task.runs:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(run_dir) / JOB_RECORD).write_text(json.dumps(record))
     if wait:
         wait_for(jobs, poll_s, timeout_s, [out / r.name for r in sweep.runs])
         record_slurm_states(out, sweep.runs)
@@ -189,11 +266,11 @@ def active_runs(run_dirs: list[Path]) -> set[Path]:
     """The runs some job is executing (their sweep lock is held) or that still wait in the
     queue (their recorded job PENDING / RUNNING / REQUEUED / ...): one squeue call for all."""
     busy = {d for d in run_dirs if lock_holder(d, SWEEP_LOCK) is not None}
-    jobs = {}
+    jobs: dict[str, list[Path]] = {}  # a task's job id -> its runs (several share a GPU)
     for run_dir in run_dirs:
         record = run_dir / JOB_RECORD
         if run_dir not in busy and record.exists():
-            jobs[json.loads(record.read_text())["job_id"]] = run_dir
+            jobs.setdefault(json.loads(record.read_text())["job_id"], []).append(run_dir)
     if not jobs:
         return busy
     command = ["squeue", "-h", "-r", "-j", ",".join(jobs), "-o", "%i %T"]  # -r: a line per task
@@ -201,7 +278,7 @@ def active_runs(run_dirs: list[Path]) -> set[Path]:
     for line in queue.stdout.splitlines() if queue.returncode == 0 else []:
         job_id, state = line.split()[:2]
         if state in WILL_RUN and job_id in jobs:
-            busy.add(jobs[job_id])
+            busy.update(jobs[job_id])
     return busy
 
 
@@ -247,6 +324,7 @@ def record_slurm_states(out: Path, runs: list[SweepRun]) -> set[Path]:
     Returns the runs still active (`active_runs`), which it had to ask for anyway."""
     run_dirs = [out / run.name for run in runs]
     busy = active_runs(run_dirs)
+    states: dict[str, str | None] = {}  # runs that shared a task share its state
     for run, run_dir in zip(runs, run_dirs, strict=True):
         record = run_dir / JOB_RECORD
         status = read_status(run_dir) or {}
@@ -255,7 +333,9 @@ def record_slurm_states(out: Path, runs: list[SweepRun]) -> set[Path]:
         job_id = json.loads(record.read_text())["job_id"]
         if status.get("slurm_job") == job_id:
             continue  # already recorded
-        state = final_job_state(job_id)
+        if job_id not in states:
+            states[job_id] = final_job_state(job_id)
+        state = states[job_id]
         if state in (None, "COMPLETED") and status:
             continue  # the run recorded its own failure and SLURM adds nothing
         state = state or "UNKNOWN"

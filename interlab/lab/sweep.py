@@ -3,7 +3,8 @@
 Each run executes into OUT/<setting>-seed<S>/ (`executed.ipynb`, `metrics.json`, `run.log`,
 `status.json`). `status.json` is written last and atomically: a finished run is skipped
 when the sweep is run again, a failed one is retried, a run cut off by Ctrl-C simply has no
-status yet. A failing run is recorded and the others go on.
+status yet. A failing run is recorded and the others go on. Several runs may share a device
+(`runs_per_device`); `interlab.lab.device_slots` decides where each one starts.
 
 Reading and checking grid files lives in `interlab.lab.grids` (and the notebook's declared
 parameters in `interlab.lab.notebook_params`); their public names are re-exported here so
@@ -22,13 +23,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
-from queue import Queue
 from typing import Any
 
 import yaml
 
 from interlab.child_processes import die_with_parent
+from interlab.lab.device_slots import (
+    DEFAULT_RUN_GB,
+    DeviceSlots,
+    MemoryProbe,
+    gpu_memory,
+    resolve_run_device,
+)
 from interlab.lab.grids import (
     GRID_KEYS,
     RunCheck,
@@ -99,13 +107,20 @@ class RunExecutor:
         self.running: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
 
-    def execute(self, run: SweepRun, run_dir: Path, device: str | None) -> Status | None:
-        """Execute one run into `run_dir` and record its status; None if interrupted."""
+    def execute(
+        self, run: SweepRun, run_dir: Path, device: str | None,
+        placement: dict[str, Any] | None = None,
+    ) -> Status | None:  # fmt: skip
+        """Execute one run into `run_dir` and record its status; None if interrupted.
+
+        `device` overrides the run's `device` parameter; `placement` (the device it runs on,
+        `runs_on_device`: how many runs shared it at its start) goes into the status."""
         run_dir.mkdir(parents=True, exist_ok=True)
         parameters = {**run.parameters, **self.extra_parameters, "out_dir": str(run_dir)}
         if device is not None:
             parameters["device"] = device
         status: Status = {"run": run.name, "setting": run.setting, "seed": run.seed}
+        status.update(placement or {})
         status.update(parameters=parameters, fingerprint=fingerprint(run.parameters))
         try:  # one writer per run folder: another sweep (or its orphan) may hold this run
             lock = RunLock(run_dir, SWEEP_LOCK).acquire()
@@ -118,10 +133,12 @@ class RunExecutor:
 
     def _execute_locked(self, status: Status, parameters: dict, run_dir: Path) -> Status | None:
         start = time.perf_counter()
+        status["started"] = now()
         returncode = self._papermill(parameters, run_dir)
         if self.stopping.is_set():
             return None
         status.update(outcome(returncode, run_dir))
+        status["finished"] = now()
         status["seconds"] = round(time.perf_counter() - start, 2)
         write_status(run_dir, status)
         return status
@@ -161,6 +178,11 @@ class RunExecutor:
             for process in self.running:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
+
+
+def now() -> str:
+    """Local time to the millisecond: when runs that share a device overlapped."""
+    return datetime.now().isoformat(timespec="milliseconds")
 
 
 def outcome(returncode: int, run_dir: Path) -> Status:
@@ -214,33 +236,53 @@ def run_sweep(
     devices: list[str] | None = None,
     on_finish: Callable[[Status], None] | None = None,
     progress: bool = True,
+    runs_per_device: int | None = None,
+    min_free_gb: float | None = None,
+    memory_probe: MemoryProbe = gpu_memory,
+    poll_s: float = 5.0,
 ) -> list[Status]:
     """Execute the sweep's unfinished runs; returns every run's status (finished ones included).
 
-    With `devices` (e.g. ["cuda:0", "cuda:1"]) each device runs one notebook at a time and
-    overrides the run's `device` parameter; otherwise `workers` runs go in parallel, each with
-    its share of the CPU threads. Ctrl-C stops the running notebooks and raises
-    SweepInterrupted; finished runs stay recorded.
+    With `devices` (e.g. ["cuda:0", "cuda:1"]) each device runs `runs_per_device` notebooks
+    at a time (default 1) and overrides the run's `device` parameter. Without, each run keeps
+    its own device and `runs_per_device` (or `workers`) runs share it, each with its share of
+    the CPU threads. On a GPU shared by several runs a run starts only when `min_free_gb`
+    (default `DEFAULT_RUN_GB`) is free there, else it waits. Every status names the run's
+    `device` and `runs_on_device` (how many of the sweep's runs shared it at its start).
+    Ctrl-C stops the running notebooks and raises SweepInterrupted; finished runs stay
+    recorded.
     """
     from tqdm.auto import tqdm
 
+    per_device = runs_at_once(workers, runs_per_device)
+    need_gb = memory_need(per_device, min_free_gb)
+    places = run_places(sweep, sweep.runs, devices, memory_probe)
+    used = sorted({device for candidates in places.values() for device in candidates})
+    slots = DeviceSlots(per_device, need_gb, memory_probe, poll_s)
+    slots.check_fits(used)  # before anything is written
     out = prepare_sweep_folder(sweep, out)
     pending = [r for r in sweep.runs if (read_status(out / r.name) or {}).get("state") != "done"]
-    slots = run_slots(devices, workers)
-    parallel = slots.qsize()
-    executor = RunExecutor(sweep.notebook, cpu_threads_per_run(devices, parallel))
     done_before = len(sweep.runs) - len(pending)
     bar = tqdm(total=len(sweep.runs), initial=done_before, desc="sweep", disable=not progress)
+    slots.say = bar.write  # waiting lines above the bar
+    parallel = per_device * len(used)
+    executor = RunExecutor(sweep.notebook, cpu_threads_per_run(parallel))
     lock = threading.Lock()
 
     def work(run: SweepRun) -> None:
         if executor.stopping.is_set():
             return
-        device = slots.get()
+        placed = slots.acquire(places[run.name])
+        if placed is None:
+            return
+        device, sharing = placed
         try:
-            status = executor.execute(run, out / run.name, device)
+            status = executor.execute(
+                run, out / run.name, device if devices else None,
+                {"device": device, "runs_on_device": sharing},
+            )  # fmt: skip
         finally:
-            slots.put(device)
+            slots.release(device)
         if status is None:
             return
         if status["state"] == "running":  # another sweep process holds this run: not ours
@@ -253,8 +295,12 @@ def run_sweep(
             if on_finish is not None:
                 on_finish(status)
 
+    def stop() -> None:
+        executor.stop_all()
+        slots.stop()
+
     try:
-        run_in_threads(work, pending, parallel, executor, out)
+        run_in_threads(work, pending, parallel, stop, out)
     finally:
         bar.close()
     return [read_status(out / r.name) or {"run": r.name, "state": "missing"} for r in sweep.runs]
@@ -269,17 +315,61 @@ def prepare_sweep_folder(sweep: Sweep, out: str | Path) -> Path:
     return out
 
 
-def run_slots(devices: list[str] | None, workers: int) -> Queue:
-    """One slot per device (None: a CPU worker); a run holds a slot while it executes."""
-    slots: Queue = Queue()
-    for slot in devices or [None] * max(1, workers):
-        slots.put(slot)
-    return slots
+def runs_at_once(workers: int, runs_per_device: int | None) -> int:
+    """Runs per device: `runs_per_device`, else `workers` (the CPU form of the same)."""
+    for name, value in (("workers", workers), ("runs_per_device", runs_per_device)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1; got {value}")
+    if runs_per_device is not None and workers > 1:
+        raise ValueError(
+            f"give workers ({workers}) or runs_per_device ({runs_per_device}), not both: "
+            "runs_per_device is the runs at once on each device, the CPU included"
+        )
+    return runs_per_device or workers
 
 
-def cpu_threads_per_run(devices: list[str] | None, parallel: int) -> int | None:
-    """Parallel CPU runs split the cores; a lone run or a GPU run keeps the default."""
-    if devices or parallel == 1:
+def memory_need(per_device: int, min_free_gb: float | None) -> float | None:
+    """GB a new run needs free on its GPU: as asked, else the default when runs share one
+    (a lone run per device is not checked, as before devices could be shared)."""
+    if min_free_gb is not None:
+        if isinstance(min_free_gb, bool) or not min_free_gb > 0:
+            raise ValueError(f"min_free_gb must be > 0; got {min_free_gb!r}")
+        return float(min_free_gb)
+    return DEFAULT_RUN_GB if per_device > 1 else None
+
+
+def run_places(
+    sweep: Sweep, runs: list[SweepRun], devices: list[str] | None, probe: MemoryProbe
+) -> dict[str, list[str]]:
+    """The devices each run may start on: any of `devices`, else the one its own `device`
+    parameter (or the notebook's default, else auto) resolves to."""
+    if devices is not None and not devices:
+        raise ValueError("devices is an empty list: name at least one device, or give None")
+    if devices:
+        return {run.name: list(devices) for run in runs}
+    default = default_device(sweep)
+    resolved: dict[str, str] = {}
+    places = {}
+    for run in runs:
+        name = str(run.parameters.get("device") or default)
+        if name not in resolved:
+            resolved[name] = resolve_run_device(name, probe)
+        places[run.name] = [resolved[name]]
+    return places
+
+
+def default_device(sweep: Sweep) -> str:
+    """The device of a run that sets none: the notebook's default, else auto."""
+    declared = sweep.declared.get("device")
+    return str(declared.default) if declared is not None and declared.default else "auto"
+
+
+def cpu_threads_per_run(parallel: int) -> int | None:
+    """Runs at once split the cores (GPU runs too: their processes share the CPU); a lone
+    run keeps the default."""
+    if parallel == 1:
         return None
     return max(1, (os.cpu_count() or 1) // parallel)
 
@@ -288,17 +378,17 @@ def run_in_threads(
     work: Callable[[SweepRun], None],
     runs: list[SweepRun],
     parallel: int,
-    executor: RunExecutor,
+    stop: Callable[[], None],
     out: Path,
 ) -> None:
-    """`work` on every run, `parallel` at a time; Ctrl-C stops them all (SweepInterrupted)."""
+    """`work` on every run, `parallel` at a time; Ctrl-C calls `stop` (SweepInterrupted)."""
     pool = ThreadPoolExecutor(max_workers=parallel)
     futures = [pool.submit(work, run) for run in runs]
     try:
         for future in futures:
             future.result()
     except KeyboardInterrupt:
-        executor.stop_all()
+        stop()
         pool.shutdown(wait=True, cancel_futures=True)
         raise SweepInterrupted(
             f"interrupted: finished runs are kept in {out}; rerun to continue"
