@@ -1,17 +1,21 @@
-"""An ordered queue of GPU measurements sized for short, lent GPU calls.
+"""An ordered queue of GPU measurements sized for short GPU allocations.
 
     PYTHONPATH=. python3 benchmarks/gpu_pack.py --budget-s 540 --out benchmarks/results \
-        --data npz:.gpudata/cifar10.npz
+        --data npz:.gpudata/cifar10.npz [--copy-dir DIR]
     python benchmarks/gpu_pack.py --list                    # the queue and its estimates
-    python benchmarks/gpu_pack.py --merge PATH/gpu.jsonl    # a call's records into OUT/gpu.jsonl
+    python benchmarks/gpu_pack.py --merge DIR/gpu.jsonl     # a call's records (and logs) into OUT
     python benchmarks/gpu_pack.py --tables                  # RESULTS.md tables from OUT/gpu.jsonl
 
-GPU time comes as single calls of about ten minutes on a fresh machine, so the queue runs the
-most valuable measurement first and writes each finished item at once to OUT/gpu.jsonl (and to
-$OUT/gpu.jsonl, which a call cut off by its limit still returns). Items recorded as ok are
-skipped, so the next call continues where this one stopped. An item is not started when its
-estimate or an earlier attempt's duration says it will not fit the budget left; each runs as a
-subprocess whose timeout is the budget left, and a failure is recorded and the queue goes on.
+GPU time comes as single commands of about ten minutes on a fresh machine, so the queue runs
+the most valuable measurement first and writes each finished item at once to OUT/gpu.jsonl
+and to COPY_DIR/gpu.jsonl (`--copy-dir`, default $GPU_PACK_COPY_DIR): a folder that the
+machine hands back even when the command is cut off. Every item's whole output (stdout and
+stderr as they come) goes to one log file per call, OUT/logs/gpu_pack_STAMP.log and
+COPY_DIR/gpu_pack_STAMP.log, under a header per item; each record names it. Items recorded as
+ok are skipped, so the next call continues where this one stopped. An item is not started
+when its estimate or an earlier attempt's duration says it will not fit the budget left; each
+runs as a subprocess whose timeout is the budget left, and a failure (a missing script
+included) is recorded and the queue goes on.
 
 Long training runs are sliced with `--stop-after-epochs` into items that resume one run folder
 (benchmarks/out/gpu_pack/RUN). That folder (its checkpoint is over 100 MB) cannot leave the
@@ -29,23 +33,34 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # `python3` on the lent machine is the interpreter running the pack; locally (tests) it is the venv's.
 PYTHON = sys.executable or "python3"
 RECORDS_NAME = "gpu.jsonl"
-# The files holding tests marked gpu (`make test-gpu`); none imports papermill or widgets.
-GPU_TEST_FILES = ["tests/test_gpu.py", "tests/test_augment.py", "tests/test_data.py"]
+LOGS_DIR = "logs"  # OUT/logs/: one log file per call, beside the records
+COPY_DIR_VARIABLE = "GPU_PACK_COPY_DIR"
+# Characters of one item's output a log keeps: its start and its end, the middle of a larger
+# output is cut. Once a call's log holds CALL_LOG_CHARS, later items keep MIN_ITEM_LOG_CHARS.
+ITEM_LOG_CHARS = 1 << 20
+CALL_LOG_CHARS = 6 << 20
+MIN_ITEM_LOG_CHARS = 64 << 10
+# Tests marked gpu live in tests/test_gpu*.py and these (`make test-gpu` globs the same);
+# none imports papermill or widgets.
+OTHER_GPU_TEST_FILES = ["tests/test_augment.py", "tests/test_data.py"]
 COMPILE_TESTS = "every_method_trains_on_cuda"  # the torch.compile tests of tests/test_gpu.py
 RUNS = ROOT / "benchmarks" / "out" / "gpu_pack"  # git-ignored: run folders that slices resume
 BEGIN = "<!-- gpu-pack:begin -->"
@@ -89,6 +104,51 @@ def pytest_counts(stdout: str, item: Item) -> dict[str, Any]:
         if "no tests ran" in line:
             return {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     raise ValueError("no pytest summary line in the output")
+
+
+def smoke_counts(stdout: str, item: Item) -> dict[str, Any]:
+    """gpu_smoke's JSON line as counts (ok, failed, skipped), the failures' lines kept."""
+    line = last_json(stdout, item)
+    failures, skipped = line.get("failed", []), line.get("skipped", [])
+    return {
+        "combinations": line.get("combinations"),
+        "ok": line.get("ok"),
+        "failed": len(failures),
+        "skipped": len(skipped),
+        "seconds": line.get("seconds"),
+        "failures": failures,
+    }
+
+
+GROUP_FIGURES = ("speedup_vs_sequential", "aggregate_images_per_s", "slowdown", "wall_s")
+
+
+def largest_n_speedup(stdout: str, item: Item) -> dict[str, Any]:
+    """concurrent_runs' JSON line with each group's figures flat (`KEY_nN`, `mps_KEY_nN` for
+    a mode other than the default) and `speedup_vs_sequential` at the largest N, the goal's
+    figure. Reads `results: {mode: [{runs: N, ...}]}`, `speedup_vs_sequential_nN` keys or a
+    `speedup_vs_sequential: {N: value}` dict, whichever the line has."""
+    figures = last_json(stdout, item)
+    found = figures.get("speedup_vs_sequential")
+    per_n: dict[int, Any] = {int(n): v for n, v in found.items()} if isinstance(found, dict) else {}
+    for key, value in list(figures.items()):
+        matched = re.fullmatch(r"speedup_vs_sequential_n(\d+)", key)
+        if matched:
+            per_n[int(matched.group(1))] = value
+    results = figures.get("results")
+    for mode, groups in results.items() if isinstance(results, dict) else []:
+        prefix = "" if mode == "default" else f"{mode}_"
+        for group in groups if isinstance(groups, list) else []:
+            n = group.get("runs")
+            for key in GROUP_FIGURES:
+                if isinstance(group.get(key), (int, float)):
+                    figures[f"{prefix}{key}_n{n}"] = group[key]
+            if mode == "default" and isinstance(n, int):
+                per_n[n] = group.get("speedup_vs_sequential")
+    if per_n:
+        largest = max(per_n)
+        figures["speedup_vs_sequential"], figures["largest_n"] = per_n[largest], largest
+    return figures
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -237,10 +297,97 @@ def tail(stdout: str, stderr: str) -> str:
     return "\n".join(line for part in parts for line in part)[-3000:]
 
 
-def run_command(command: list[str], timeout: float, cwd: Path) -> tuple[str, float, str, str]:
-    """Run one command in its own process group; (status, seconds, stdout, error tail)."""
+class CallLog:
+    """One log file per call holding every item's whole output under a header, written as
+    it comes to each of `paths` (OUT/logs/NAME and COPY_DIR/NAME): a call cut off by its
+    limit still hands back what its items printed. Opened at the first item that runs."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.name = paths[0].name
+        self.files: list[IO[str]] = []
+        self.written = 0
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self.lock:
+            if not self.files:
+                for path in self.paths:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.files.append(open(path, "a", encoding="utf-8"))  # noqa: SIM115
+            for f in self.files:
+                f.write(text)
+                f.flush()
+            self.written += len(text)
+
+    def item(self, name: str, command: list[str], left: float) -> ItemOutput:
+        """Start an item's section; its output then goes through the returned ItemOutput."""
+        when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.write(f"\n======== {name} ({when}, {left:.0f} s left) ========\n")
+        self.write(f"$ {shlex.join(command)}\n")
+        room = max(MIN_ITEM_LOG_CHARS, min(ITEM_LOG_CHARS, CALL_LOG_CHARS - self.written))
+        return ItemOutput(self, name, head=room // 4, tail=room - room // 4)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        self.files = []
+
+
+class ItemOutput:
+    """An item's lines as they arrive: the first `head` characters straight to the log, then a
+    rolling window of the last `tail`, written when the item ends after a note of the cut."""
+
+    def __init__(self, log: CallLog, name: str, head: int, tail: int) -> None:
+        self.log, self.name = log, name
+        self.head_left, self.tail_limit = head, tail
+        self.tail: deque[str] = deque()
+        self.tail_chars = 0
+        self.cut = 0
+        self.lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self.lock:
+            if self.head_left > 0:
+                self.head_left -= len(line)
+                self.log.write(line)
+                return
+            line = line[-self.tail_limit :]
+            self.tail.append(line)
+            self.tail_chars += len(line)
+            while self.tail_chars > self.tail_limit:
+                dropped = self.tail.popleft()
+                self.tail_chars -= len(dropped)
+                self.cut += len(dropped)
+
+    def finish(self, summary: str) -> None:
+        with self.lock:
+            if self.cut:
+                self.log.write(f"[... {self.cut} characters of output cut here ...]\n")
+            self.log.write("".join(self.tail))
+            self.tail.clear()
+            self.log.write(f"-------- {self.name}: {summary} --------\n")
+
+
+def pump(stream: IO[str], lines: list[str], output: ItemOutput | None) -> None:
+    """Read one of a child's pipes to its end, keeping its lines and logging them."""
+    for line in stream:
+        lines.append(line)
+        if output is not None:
+            output.add(line)
+    stream.close()
+
+
+def run_command(
+    command: list[str], timeout: float, cwd: Path, output: ItemOutput | None = None
+) -> tuple[str, float, str, str]:
+    """Run one command in its own process group; (status, seconds, stdout, error tail).
+
+    Both pipes are read as the child writes (unbuffered), so `output` gets stdout and stderr
+    interleaved as they happened, and a killed item's last words are not lost in a buffer."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
     start = time.monotonic()
     proc = subprocess.Popen(
         command,
@@ -249,25 +396,56 @@ def run_command(command: list[str], timeout: float, cwd: Path) -> tuple[str, flo
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        errors="replace",
         start_new_session=True,  # one killpg ends the item and anything it started
     )
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    pumps = [
+        threading.Thread(target=pump, args=(pipe, lines, output), daemon=True)
+        for pipe, lines in ((proc.stdout, out_lines), (proc.stderr, err_lines))
+    ]
+    for thread in pumps:
+        thread.start()
+    timed_out = False
     try:
-        stdout, stderr = proc.communicate(timeout=max(timeout, 1.0))
-        status = "ok" if proc.returncode == 0 else "failed"
-        error = "" if status == "ok" else f"exit code {proc.returncode}\n{tail(stdout, stderr)}"
+        proc.wait(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        status, error = "failed", f"timed out after {timeout:.0f} s\n{tail(stdout, stderr)}"
+        proc.wait()
+        timed_out = True
     except BaseException:  # Ctrl-C, or SIGTERM (main makes it SystemExit): leave no orphans
         os.killpg(proc.pid, signal.SIGKILL)
         raise
+    for thread in pumps:
+        thread.join(timeout=10)  # a grandchild that left the group may still hold a pipe
+    stdout, stderr = "".join(out_lines), "".join(err_lines)
+    if timed_out:
+        status, error = "failed", f"timed out after {timeout:.0f} s\n{tail(stdout, stderr)}"
+    elif proc.returncode == 0:
+        status, error = "ok", ""
+    else:
+        status, error = "failed", f"exit code {proc.returncode}\n{tail(stdout, stderr)}"
     return status, time.monotonic() - start, stdout, error
 
 
-def attempt(item: Item, command: list[str], timeout: float, cwd: Path) -> Record:
+def missing_scripts(command: list[str], cwd: Path) -> list[str]:
+    """The benchmark scripts a command names that this checkout does not have."""
+    return [
+        part
+        for part in command[1:]
+        if part.startswith("benchmarks/") and part.endswith(".py") and not (cwd / part).exists()
+    ]
+
+
+def attempt(
+    item: Item, command: list[str], timeout: float, cwd: Path, output: ItemOutput | None = None
+) -> Record:
     """Run an item and read its figures: status, duration_s, figures and error."""
-    status, seconds, stdout, error = run_command(command, timeout, cwd)
+    missing = missing_scripts(command, cwd)
+    if missing:
+        return {"status": "failed", "error": f"not run: {', '.join(missing)} does not exist"}
+    status, seconds, stdout, error = run_command(command, timeout, cwd, output)
     result: Record = {"status": status, "duration_s": round(seconds, 1)}
     try:
         result["figures"] = item.read(stdout, item)
@@ -298,6 +476,68 @@ def append(record: Record, paths: list[Path]) -> None:
             f.write(line)
 
 
+def default_copy_dir() -> str | None:
+    """$GPU_PACK_COPY_DIR, else $OUT (the name some GPU job runners give the folder they
+    hand back): where each record and the call's log are also written."""
+    return os.environ.get(COPY_DIR_VARIABLE) or os.environ.get("OUT") or None
+
+
+def call_log(out_dir: Path, copy_dir: Path | None) -> CallLog:
+    """This call's log: OUT/logs/gpu_pack_STAMP.log and, when there is one, COPY_DIR/ the
+    same name (one file per call there: such folders return a few files at most)."""
+    name = f"gpu_pack_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    paths = [out_dir / LOGS_DIR / name]
+    if copy_dir is not None and copy_dir.resolve() != out_dir.resolve():
+        paths.append(copy_dir / name)
+    return CallLog(paths)
+
+
+def begin_record(item: Item, info: dict[str, str]) -> tuple[Record, list[str], int]:
+    """An item's record so far, the command to run and (a slice) the epoch its run folder is
+    at: a slice's command stops at the slice's last epoch, wherever its folder stands."""
+    command = list(item.command)
+    record: Record = {"item": item.name, "kind": item.kind, **info}
+    record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    at = 0
+    if item.slice is not None:
+        record["run"] = item.slice.run
+        at = checkpoint_epoch(item.slice.run_dir)
+        command += ["--stop-after-epochs", str(max(item.slice.stop - at, 0))]
+    return record, command, at
+
+
+def refusal(
+    item: Item, index: int, items: list[Item], records: list[Record], left: float, at: int
+) -> tuple[float, str | None]:
+    """(seconds needed, why the item cannot start now or None). A slice needs the whole rest
+    of its run: the run folder dies with the call."""
+    need = need_s(item, records)
+    part = item.slice
+    if part is not None:
+        rest = [i for i in items[index:] if i.slice is not None and i.slice.run == part.run]
+        need = sum(need_s(i, records) for i in rest)
+    if need > left:
+        return need, f"needs ~{need:.0f} s, {left:.0f} s left"
+    if part is not None and at < part.start:
+        return need, f"run folder at epoch {at}, the slice starts at {part.start}"
+    return need, None
+
+
+def run_item(item: Item, command: list[str], left: float, cwd: Path, log: CallLog) -> Record:
+    """Run one item with its output in the call's log; its record's outcome fields."""
+    print(f"[gpu_pack] {item.name}: start ({left:.0f} s left)", flush=True)
+    output = log.item(item.name, command, left)
+    try:
+        result = attempt(item, command, left, cwd, output)
+    except BaseException:  # the pack itself is stopped: keep what the item printed
+        output.finish("interrupted: the pack was stopped")
+        raise
+    took = f" in {result['duration_s']:.1f} s" if "duration_s" in result else ""
+    why = result.get("error", "").split("\n")[0]  # the rest of its tail is just above
+    output.finish(f"{result['status']}{took} {why}".strip())
+    return {**result, "log": f"{LOGS_DIR}/{log.name}"}
+
+
 def run_pack(
     items: list[Item],
     budget_s: float,
@@ -308,60 +548,55 @@ def run_pack(
 ) -> list[Record]:
     """Run `items` in order within `budget_s` seconds; returns this call's records.
 
-    Every record goes at once to OUT_DIR/gpu.jsonl and to COPY_DIR/gpu.jsonl (default $OUT,
-    when set). Items already ok there are skipped; an item that does not fit the budget left
-    is recorded as refused and a later, smaller one may still run.
+    Every record goes at once to OUT_DIR/gpu.jsonl and to COPY_DIR/gpu.jsonl (default:
+    `default_copy_dir()`), every item's output to the call's log in both. Items already ok
+    there are skipped; an item that does not fit the budget left is recorded as refused and a
+    later, smaller one may still run.
     """
     start = time.monotonic()
-    path = Path(out_dir) / RECORDS_NAME
+    out_dir = Path(out_dir)
+    path = out_dir / RECORDS_NAME
     records = read_jsonl(path)
     paths = [path]
-    copy_dir = copy_dir if copy_dir is not None else os.environ.get("OUT")
-    if copy_dir and (Path(copy_dir) / RECORDS_NAME).resolve() != path.resolve():
-        paths.append(Path(copy_dir) / RECORDS_NAME)
+    copy_dir = copy_dir if copy_dir is not None else default_copy_dir()
+    copy = Path(copy_dir) if copy_dir else None
+    if copy is not None and (copy / RECORDS_NAME).resolve() != path.resolve():
+        paths.append(copy / RECORDS_NAME)
+    log = call_log(out_dir, copy)
     info = env or environment()
     new: list[Record] = []
     refused_runs: set[str] = set()
-    for index, item in enumerate(items):
-        part = item.slice
-        if is_done(item, records):
-            print(f"[gpu_pack] {item.name}: recorded ok, skipped", flush=True)
-            continue
-        if part is not None and part.run in refused_runs:
-            continue  # its run was refused a moment ago: one refusal per run is enough
-        left = budget_s - (time.monotonic() - start)
-        need = need_s(item, records)
-        if part is not None:  # the whole rest of its run must fit: the folder dies with the call
-            rest = [i for i in items[index:] if i.slice is not None and i.slice.run == part.run]
-            need = sum(need_s(i, records) for i in rest)
-        command = list(item.command)
-        record: Record = {"item": item.name, "kind": item.kind, **info}
-        record["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if part is not None:
-            record["run"] = part.run
-            at = checkpoint_epoch(part.run_dir)
-            command += ["--stop-after-epochs", str(max(part.stop - at, 0))]
-        record.update(command=shlex.join(command), estimate_s=round(need, 1))
-        if item.goals:
-            record["goals"] = item.goals
-        if need > left:
-            record.update(status="refused", reason=f"needs ~{need:.0f} s, {left:.0f} s left")
-        elif part is not None and at < part.start:
-            reason = f"run folder at epoch {at}, the slice starts at {part.start}"
-            record.update(status="refused", reason=reason)
-        else:
-            print(f"[gpu_pack] {item.name}: start ({left:.0f} s left)", flush=True)
-            record.update(attempt(item, command, left, cwd))
-            if part is not None:
-                record["run_wall_s"] = run_wall_s(records, part, at, record["duration_s"])
-        if record["status"] == "refused" and part is not None:
-            refused_runs.add(part.run)
-        said = record.get("reason") or record.get("error", "").strip().split("\n")[-1]
-        took = f" in {record['duration_s']:.0f} s" if "duration_s" in record else ""
-        print(f"[gpu_pack] {item.name}: {record['status']}{took} {said}", flush=True)
-        append(record, paths)
-        records.append(record)
-        new.append(record)
+    try:
+        for index, item in enumerate(items):
+            part = item.slice
+            if is_done(item, records):
+                print(f"[gpu_pack] {item.name}: recorded ok, skipped", flush=True)
+                continue
+            if part is not None and part.run in refused_runs:
+                continue  # its run was refused a moment ago: one refusal per run is enough
+            left = budget_s - (time.monotonic() - start)
+            record, command, at = begin_record(item, info)
+            need, reason = refusal(item, index, items, records, left, at)
+            record.update(command=shlex.join(command), estimate_s=round(need, 1))
+            if item.goals:
+                record["goals"] = item.goals
+            if reason is not None:
+                record.update(status="refused", reason=reason)
+            else:
+                record.update(run_item(item, command, left, cwd, log))
+                if part is not None:
+                    took = record.get("duration_s", 0.0)
+                    record["run_wall_s"] = run_wall_s(records, part, at, took)
+            if record["status"] == "refused" and part is not None:
+                refused_runs.add(part.run)
+            said = record.get("reason") or record.get("error", "").strip().split("\n")[-1]
+            took = f" in {record['duration_s']:.0f} s" if "duration_s" in record else ""
+            print(f"[gpu_pack] {item.name}: {record['status']}{took} {said}", flush=True)
+            append(record, paths)
+            records.append(record)
+            new.append(record)
+    finally:
+        log.close()
     return new
 
 
@@ -425,18 +660,32 @@ def study_variants() -> dict[str, dict[str, Any]]:
     return module.VARIANTS
 
 
-def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
-    """The GPU queue, most valuable first; only modules the lent machine has (no papermill)."""
+def gpu_test_files(root: Path = ROOT) -> list[str]:
+    """The files holding tests marked gpu: tests/test_gpu*.py (found when the queue is made,
+    so a new one joins by its name) and OTHER_GPU_TEST_FILES."""
+    found = sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_gpu*.py"))
+    return [*found, *OTHER_GPU_TEST_FILES]
+
+
+def measurement_items(data: str) -> list[Item]:
+    """Everything but the training runs, most valuable first: correctness, then the speeds
+    with goals, then the rest; the compile tests last (minutes of cold compiling)."""
     on_data = ["--data", data, "--device", "cuda"]
-    # -v names the test a time-out cut (the record keeps the output's tail); --timeout fails a
-    # stuck test with its stack instead of letting it spend the call (first H200 call: a cold
-    # torch.compile test ran until the budget was gone, 2026-11-30).
+    # -v names every test in the log; --timeout fails a stuck test with its stack instead of
+    # letting it spend the call (first H200 call: a cold torch.compile test ran until the
+    # budget was gone, 2026-11-30).
     pytest = [PYTHON, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider"]
-    tests = [*pytest, "--timeout=120", "-k", f"not {COMPILE_TESTS}", *GPU_TEST_FILES]
+    tests = [*pytest, "--timeout=120", "-k", f"not {COMPILE_TESTS}", *gpu_test_files()]
     compile_tests = [*pytest, "--timeout=240", "-k", COMPILE_TESTS, "tests/test_gpu.py"]
     no_failures = {"failed": "== 0", "errors": "== 0"}
+    throughput = [PYTHON, "benchmarks/throughput.py", *on_data]
+    fast_moco = {"ratio": ">= 0.6", "cifar10_epoch_s": "<= 2.5"}
     augment = [PYTHON, "benchmarks/augment_speed.py", "--device", "cuda", "--batch", "512"]
     augment += ["--iters", "200"]
+    concurrent = [PYTHON, "benchmarks/concurrent_runs.py", *on_data, "--runs", "1", "2", "4"]
+    concurrent += ["8", "--epochs", "3", "--mps", "--timeout-s", "150"]
+    compile_time = [PYTHON, "benchmarks/compile_time.py", *on_data, "--configs"]
+    compile_goals = {"cold_compile_s": "<= 120", "recompiles_after_warmup": "== 0"}
     stream = [PYTHON, "benchmarks/stream_speed.py", "--device", "cuda", "--images", "2048"]
     stream += ["--batch", "256", "--workers", "8"]
     methods = ["moco", "interclr", "cyclecontrast", "dino", "scfs"]
@@ -447,16 +696,26 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
         "kmeans_1.28M_x128_k10k_s": "< 2",
         "interclr_over_moco": "<= 1.25",
     }
-    items = [
-        Item("gpu_tests", tests, 60, "tests", pytest_counts, no_failures),
+    smoke = [PYTHON, "benchmarks/gpu_smoke.py", *on_data]
+    return [
+        Item("gpu_tests", tests, 90, "tests", pytest_counts, no_failures),
+        # every method, a few steps on CUDA from npz, folder, shards and frames shards
+        Item("gpu_smoke", smoke, 120, "tests", smoke_counts, {"failed": "== 0"}),
+        Item("moco_throughput", throughput, 45, "speed", goals=fast_moco),
+        Item("moco_throughput_graph", [*throughput, "--cuda-graph"], 60, "speed", goals=fast_moco),
         Item("augment_speed", augment, 20, "speed", goals={"images_per_s": ">= 300000"}),
         Item(
-            "moco_throughput",
-            [PYTHON, "benchmarks/throughput.py", *on_data],
-            45,
-            "speed",
-            goals={"ratio": ">= 0.6", "cifar10_epoch_s": "<= 3"},
+            "concurrent_runs",
+            concurrent,
+            400,  # 390 s measured on an H200 with --mps (2026-12-04), 230 s without
+            "concurrency",
+            largest_n_speedup,
+            {"speedup_vs_sequential": ">= 1.5"},  # at the largest N
         ),
+        Item("compile_time", [*compile_time, "moco_cifar10"], 200, "compile", goals=compile_goals),
+        Item("step_time", step_time, 100, "step"),
+        # the ImageNet configs' real step at their own batch: memory and time per GPU
+        Item("config_cost", [PYTHON, "benchmarks/config_cost.py", "--measure", "cuda"], 90),
         Item(
             "kmeans",
             [PYTHON, "benchmarks/interclr_overhead.py", *on_data],
@@ -464,14 +723,27 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
             "kmeans",
             goals=kmeans_goals,
         ),
-        Item("step_time", step_time, 100, "step"),
         Item("stream_speed", stream, 90, "speed"),  # shards: nvJPEG + crops vs DataLoader
-        # the ImageNet configs' real step at their own batch: memory and time per GPU
-        Item("config_cost", [PYTHON, "benchmarks/config_cost.py", "--measure", "cuda"], 90),
+        # cold and warm compile and the compiled step rate of the other methods, one item each
+        *(
+            Item(
+                f"compile_time_{method}",
+                [*compile_time, f"{method}_cifar10"],
+                240,
+                "compile",
+                goals={"recompiles_after_warmup": "== 0"},
+            )
+            for method in methods[1:]
+        ),
         # every method under bf16 + channels_last + compile: minutes of cold compiling, so it
         # runs after the measurements it would otherwise crowd out
         Item("gpu_compile_tests", compile_tests, 360, "tests", pytest_counts, no_failures),
     ]
+
+
+def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
+    """The GPU queue, most valuable first; only modules the GPU machine has (no papermill)."""
+    items = measurement_items(data)
     published = {"knn_top1_head": ">= 0.853"}  # the MoCo CIFAR-10 demo after 200 epochs
     items += training_items("moco_100ep", "moco_cifar10", 100, data)
     items += training_items("moco_200ep", "moco_cifar10", 200, data, goals=published)
@@ -493,9 +765,12 @@ TITLES = {
     "speed": "Speeds",
     "kmeans": "k-means and the InterCLR step",
     "step": "Step time of each method relative to MoCo v2",
+    "concurrency": "Several runs on one GPU",
+    "compile": "torch.compile",
+    "other": "Other measurements",
     "training": "Training runs: kNN top-1 and wall time",
 }
-CONTEXT = {"batch", "size", "iters", "threads", "blur_p", "warmup", "steps"}
+CONTEXT = {"batch", "size", "iters", "threads", "blur_p", "warmup", "steps", "cpu_count"}
 OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 OPERATORS["=="] = operator.eq
 
@@ -535,10 +810,21 @@ def provenance(record: Record) -> str:
     return f"- `{record['item']}` ({when}): `{record['command']}`"
 
 
-def figures_table(latest: list[Record]) -> list[str]:
+def is_lines(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def present_goals() -> dict[str, dict[str, str]]:
+    """The queue's goals now, by item: a record is judged by them, not by those it was run
+    with (a goal the issue tightened applies to the last measurement too)."""
+    return {item.name: item.goals for item in measurement_items("npz:DATA")}
+
+
+def figures_table(latest: list[Record], goals_now: dict[str, dict[str, str]]) -> list[str]:
     lines = ["| item | figure | value | goal | met |", "|---|---|---|---|---|"]
     for record in latest:
-        figures, goals = record.get("figures", {}), record.get("goals", {})
+        figures = record.get("figures", {})
+        goals = goals_now.get(record["item"], record.get("goals", {}))
         if record["status"] != "ok":
             lines.append(f"| {record['item']} | {outcome(record)} | | | |")
         if not figures:
@@ -546,7 +832,10 @@ def figures_table(latest: list[Record]) -> list[str]:
         shown = [*goals, *(k for k in figures if k not in goals and k not in CONTEXT)]
         for key in shown:
             value = figures.get(key)
-            if key in goals or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            if is_lines(value) and value:  # e.g. gpu_smoke's failed combinations
+                text = "; ".join(value).replace("|", "/")
+                lines.append(f"| {record['item']} | {key} | {text[:600]} | | |")
+            elif key in goals or (isinstance(value, (int, float)) and not isinstance(value, bool)):
                 goal = goals.get(key, "")
                 met = goal_met(value, goal) if goal else ""
                 lines.append(f"| {record['item']} | {key} | {fmt(value)} | {goal} | {met} |")
@@ -597,6 +886,7 @@ def training_tables(records: list[Record]) -> list[str]:
 def tables(records: list[Record], source: str = "benchmarks/results/gpu.jsonl") -> str:
     """The markdown that goes between the markers of RESULTS.md, one table per kind of item."""
     head = f"Generated by `python benchmarks/gpu_pack.py --tables` from `{source}`; do not edit."
+    head += " Goals are the queue's present ones."
     if not records:
         return f"{head}\n\n**Not measured yet**: `{source}` holds no record. See README, GPU.\n"
     latest: dict[str, Record] = {}
@@ -604,6 +894,7 @@ def tables(records: list[Record], source: str = "benchmarks/results/gpu.jsonl") 
         if record["status"] == "ok" or latest.get(record["item"], {}).get("status") != "ok":
             latest[record["item"]] = record
     kinds = list(dict.fromkeys([*TITLES, *(r["kind"] for r in latest.values())]))
+    goals_now = present_goals()
     out = [head]
     for kind in kinds:
         chosen = [r for r in latest.values() if r["kind"] == kind]
@@ -617,7 +908,7 @@ def tables(records: list[Record], source: str = "benchmarks/results/gpu.jsonl") 
                 firsts.setdefault(record["run"], record)
             out += ["", *(provenance(r) for r in firsts.values())]
         else:
-            out += figures_table(chosen)
+            out += figures_table(chosen, goals_now)
             out += ["", *(provenance(r) for r in chosen)]
     return "\n".join(out) + "\n"
 
@@ -638,7 +929,7 @@ def write_tables(records_path: Path, results_path: Path) -> None:
 
 
 def merge(source: Path, target: Path) -> int:
-    """Append the records of `source` (a call's $OUT/gpu.jsonl) not yet in `target`."""
+    """Append the records of `source` (a call's COPY_DIR/gpu.jsonl) not yet in `target`."""
     have = {json.dumps(r, sort_keys=True) for r in read_jsonl(target)}
     fresh = [r for r in read_jsonl(source) if json.dumps(r, sort_keys=True) not in have]
     for record in fresh:
@@ -646,10 +937,41 @@ def merge(source: Path, target: Path) -> int:
     return len(fresh)
 
 
+def merge_logs(source: Path, target: Path) -> list[Path]:
+    """Copy the logs that `source`'s records name (found beside it, or under its logs/) to
+    `target`'s logs/, where those records say they are; the copies made."""
+    copied = []
+    for name in dict.fromkeys(r["log"] for r in read_jsonl(source) if r.get("log")):
+        destination = target.parent / name
+        found = [p for p in (source.parent / Path(name).name, source.parent / name) if p.exists()]
+        if destination.exists() or not found:
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found[0], destination)
+        copied.append(destination)
+    return copied
+
+
+def list_queue(items: list[Item], records: list[Record], cwd: Path = ROOT) -> list[str]:
+    """One line per item: name, estimate, command, and a script this checkout lacks."""
+    lines = []
+    for item in items:
+        missing = missing_scripts(item.command, cwd)
+        note = f"  (missing: {', '.join(missing)})" if missing else ""
+        line = f"{item.name:34} ~{item.estimate(records):5.0f} s  {shlex.join(item.command)}"
+        lines.append(line + note)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=540.0, help="seconds for this call")
     parser.add_argument("--out", default="benchmarks/results", help="folder of gpu.jsonl")
+    parser.add_argument(
+        "--copy-dir",
+        default=default_copy_dir(),
+        help=f"also write the records and the call's log here (default ${COPY_DIR_VARIABLE})",
+    )
     parser.add_argument("--data", default="npz:.gpudata/cifar10.npz")
     parser.add_argument("--only", nargs="+", help="item or run names to run (default: all)")
     parser.add_argument("--list", action="store_true", help="print the queue and exit")
@@ -657,23 +979,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--merge", metavar="JSONL", help="append a call's records to OUT")
     args = parser.parse_args(argv)
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a running item is ended too
     records_path = Path(args.out) / RECORDS_NAME
     if args.merge:
-        print(f"{merge(Path(args.merge), records_path)} new records in {records_path}")
+        source = Path(args.merge)
+        if not source.exists():
+            parser.error(f"--merge: {source} does not exist")
+        print(f"{merge(source, records_path)} new records in {records_path}")
+        for copied in merge_logs(source, records_path):
+            print(f"log {copied}")
         return
     if args.tables:
         write_tables(records_path, Path(args.results))
         return
     items = default_items(args.data)
     if args.only:
+        known = {i.name for i in items} | {i.slice.run for i in items if i.slice}
+        unknown = [name for name in args.only if name not in known]
+        if unknown:
+            parser.error(f"--only: no item or run named {', '.join(unknown)} (see --list)")
         items = [i for i in items if i.name in args.only or (i.slice and i.slice.run in args.only)]
     if args.list:
-        records = read_jsonl(records_path)
-        for item in items:
-            print(f"{item.name:34} ~{item.estimate(records):5.0f} s  {shlex.join(item.command)}")
+        print("\n".join(list_queue(items, read_jsonl(records_path))))
         return
-    run_pack(items, args.budget_s, args.out)
+    run_pack(items, args.budget_s, args.out, copy_dir=args.copy_dir or "")
 
 
 if __name__ == "__main__":

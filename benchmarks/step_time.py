@@ -23,7 +23,9 @@ from interlab.devices import resolve_device
 from interlab.train import Trainer
 
 
-def step_seconds(config_name: str, args: argparse.Namespace) -> float:
+def trainer_for(config_name: str, args: argparse.Namespace, out: str = "step_time") -> Trainer:
+    """A named config's trainer on the given data, device, batch and backbone (and `amp`,
+    when the arguments have it), its method started, ready to step."""
     keys = load_named_config(config_name)
     keys.update(
         data=args.data,
@@ -31,10 +33,17 @@ def step_seconds(config_name: str, args: argparse.Namespace) -> float:
         batch_size=args.batch_size,
         backbone=args.backbone,
         cifar_stem=args.cifar_stem,
-        out=f"benchmarks/out/step_time_{config_name}",
+        out=f"benchmarks/out/{out}_{config_name}",
     )
+    if getattr(args, "amp", None) is not None:
+        keys["amp"] = args.amp
     trainer = Trainer(build_config(keys), progress=False)
     trainer.start_method()
+    return trainer
+
+
+def step_seconds(config_name: str, args: argparse.Namespace) -> float:
+    trainer = trainer_for(config_name, args)
     return args.batch_size / training_step_rate(trainer, args.steps, args.warmup)
 
 

@@ -54,8 +54,9 @@ def training_step_rate(trainer: Trainer, steps: int, warmup: int) -> float:
     return batch / time_steps(step, steps, warmup, trainer.device)
 
 
-def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
-    """Forward+backward of two ready-made views through a plain backbone, same precision and layout."""
+def bare_step(trainer: Trainer):
+    """The reference step: forward+backward of two ready-made views through a plain backbone
+    and an SGD update, at the trainer's precision and layout."""
     config, device = trainer.config, trainer.device
     precision = trainer.precision
     net = precision.prepare(
@@ -63,7 +64,7 @@ def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
     )
     if precision.compile:
         net.compile()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, foreach=True)
     size = trainer.train_set.image_size
     views = precision.images(torch.randn(2 * config.batch_size, 3, size, size, device=device))
 
@@ -74,7 +75,13 @@ def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return config.batch_size / time_steps(step, steps, warmup, device)
+    return step
+
+
+def bare_backbone_rate(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Images/s of `bare_step`: what the MoCo step's rate is measured against."""
+    step = bare_step(trainer)
+    return trainer.config.batch_size / time_steps(step, steps, warmup, trainer.device)
 
 
 def main() -> None:
@@ -85,6 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cuda-graph", action="store_true", help="replay the step as a graph")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--no-cifar-stem", dest="cifar_stem", action="store_false")
     args = parser.parse_args()
@@ -94,6 +102,7 @@ def main() -> None:
         device=args.device,
         batch_size=args.batch_size,
         compile=args.compile,
+        cuda_graph=args.cuda_graph,
         backbone=args.backbone,
         cifar_stem=args.cifar_stem,
         out="benchmarks/out/throughput",
@@ -113,6 +122,7 @@ def main() -> None:
                 "cifar_stem": args.cifar_stem,
                 "batch": args.batch_size,
                 "compile": args.compile,
+                "cuda_graph": args.cuda_graph,
                 "moco_images_per_s": round(moco, 1),
                 "bare_images_per_s": round(bare, 1),
                 "ratio": round(moco / bare, 3),

@@ -49,6 +49,9 @@ class TrainConfig:
     amp: bool | None = None
     channels_last: bool = True  # on every device (false = contiguous NCHW)
     compile: bool = False  # torch.compile every network a step calls (see Method)
+    # CUDA: capture the whole training step once as a CUDA graph and replay it (methods
+    # marked graph_safe, SGD, one process); the first steps run eagerly
+    cuda_graph: bool = False
     # CUDA runs repeatable bit for bit: no cuDNN autotune, no TF32, deterministic kernels
     # (slower). CPU runs are repeatable anyway.
     deterministic: bool = False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,11 +79,12 @@ class Precision:
     channels_last: bool = False
     compile: bool = False
 
-    def autocast(self) -> AbstractContextManager:
-        """The forward passes' autocast region (nothing in full precision)."""
+    def autocast(self, cache: bool = True) -> AbstractContextManager:
+        """The forward passes' autocast region (nothing in full precision). `cache=False`
+        re-casts weights at each use: what a step captured as a CUDA graph needs."""
         if self.dtype is None:
             return nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
 
     def images(self, batch: Tensor) -> Tensor:
         """A 4-D image batch in the policy's memory format."""
@@ -132,6 +134,42 @@ def run_precision(config: Any, device: torch.device) -> Precision:
     return precision_policy(device, config.amp, config.channels_last, config.compile)
 
 
+# ---- process-wide CUDA settings ----------------------------------------------------------------
+
+# cuBLAS reads its workspace setting once, when a process makes its first handle; this fixed
+# workspace (32 MiB, torch's default size on Hopper GPUs) makes its results repeatable.
+# interlab/__init__.py sets it at import, before any CUDA work; a value set by the user wins.
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 on or off for fp32 CUDA matmuls and cuDNN convolutions.
+
+    interlab sets precision through one API only: `torch.set_float32_matmul_precision` for
+    matmuls and `cudnn.allow_tf32` for convolutions. Each writes both of torch's records of the
+    setting. torch >= 2.9 also has `torch.backends.*.fp32_precision`, but a value set there alone
+    leaves the older record behind, which torch's own compiler still reads (inductor's
+    autotuning; torch 2.11-2.14), and torch raises "mix of the legacy and new APIs" when the two
+    disagree. Mixing `matmul.allow_tf32` with `set_float32_matmul_precision` did exactly that
+    on torch 2.11 (the GPU resume test, issue 23)."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextmanager
+def matmul_precision(level: str) -> Iterator[None]:
+    """fp32 matmuls at `level` ("highest", "high" or "medium") inside; the caller's level after."""
+    if level not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {MATMUL_PRECISIONS}, got {level!r}")
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(level)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 def configure_backends(device: torch.device, deterministic: bool = False) -> None:
     """Process-wide CUDA flags of the policy: TF32 matmuls and convolutions (bf16 autocast
     covers the networks; TF32 speeds what runs in fp32, k-means included) and cuDNN autotune.
@@ -140,11 +178,9 @@ def configure_backends(device: torch.device, deterministic: bool = False) -> Non
     kernels by timing, so two runs (or a run and its resumed copy) may take different ones."""
     if device.type != "cuda":
         return
-    if deterministic:
-        # cuBLAS reads this when its handle is made: set before the first CUDA matmul.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if deterministic:  # in case interlab's import did not (see CUBLAS_DETERMINISTIC_WORKSPACE)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cuda.matmul.allow_tf32 = not deterministic
-    torch.backends.cudnn.allow_tf32 = not deterministic
+    set_tf32(not deterministic)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)

@@ -8,6 +8,7 @@ precision policy), in eval mode, L2-normalised, batch by batch into one prealloc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -55,12 +56,20 @@ def extract_features(
     modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
     try:
-        return _features_in_batches(
-            backbone, images, batch_size, mean, std, device, precision, progress, dtype
-        )
+        with eager_only():
+            return _features_in_batches(
+                backbone, images, batch_size, mean, std, device, precision, progress, dtype
+            )
     finally:
         for module, training in modes:
             module.training = training
+
+
+def eager_only() -> AbstractContextManager:
+    """Networks compiled for the training step run eagerly here: evaluation (eval-mode BN, a
+    last batch of another size) would otherwise compile them again for every such change."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
 
 
 def features_as_trained(method: Any, network: nn.Module, images: Tensor) -> Tensor:

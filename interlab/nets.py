@@ -10,7 +10,6 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -169,20 +168,35 @@ class MLPHead(nn.Module):
 
 @torch.no_grad()
 def momentum_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """EMA `t = m*t + (1-m)*o` over the parameters only, in two fused calls.
+    """EMA `t = m*t + (1-m)*o` over the parameters only, as one fused `lerp`.
 
     Buffers (BN running statistics) are left alone, as in facebookresearch/moco's builder and
     DINO: the target's statistics come from its own forward passes. A DINO teacher that copied
     the student's would carry statistics of the small local crops it never sees, and be
-    evaluated with them.
+    evaluated with them. A training loop calls `MomentumUpdate` instead, which checks and
+    lists the parameters once.
     """
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    target_params, online_params = _paired(target.parameters(), online.parameters(), "parameters")
-    _paired(target.buffers(), online.buffers(), "buffers")  # same architecture, checked
-    if target_params:
-        torch._foreach_mul_(target_params, momentum)
-        torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+    MomentumUpdate(target, online)(momentum)
+
+
+class MomentumUpdate:
+    """`momentum_update` of one (target, online) pair, its parameter lists checked and built
+    once: a step then costs one `_foreach_lerp_` (a few kernels), no Python walk of the modules.
+
+    The lists hold the parameter objects, which `module.to(...)`, `load_state_dict` and
+    optimisers update in place, so they stay valid for the modules' lifetime.
+    """
+
+    def __init__(self, target: nn.Module, online: nn.Module) -> None:
+        self.targets, self.onlines = _paired(target.parameters(), online.parameters(), "parameters")
+        _paired(target.buffers(), online.buffers(), "buffers")  # same architecture, checked
+
+    @torch.no_grad()
+    def __call__(self, momentum: float) -> None:
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if self.targets:
+            torch._foreach_lerp_(self.targets, self.onlines, 1.0 - momentum)
 
 
 def _paired(targets, onlines, kind: str) -> tuple[list[Tensor], list[Tensor]]:
@@ -216,9 +230,11 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalises `num_splits` sample groups independently.
 
     This emulates MoCo's shuffle-BN on one device: each group gets its own batch statistics,
-    so the key encoder cannot cheat through statistics shared with the query's sub-batch.
-    Group g is samples g, g+G, g+2G, ... (what the (B, C) -> (B/G, G*C) reshape yields); the
-    whole batch is normalised in one `F.batch_norm` call. Eval mode is a plain BatchNorm2d.
+    as each GPU's BN would over its share of the batch, so the key encoder cannot cheat
+    through statistics shared with the query's sub-batch. Group g is the contiguous chunk of
+    samples g*B/G ... (g+1)*B/G - 1, so in either memory format (channels_last or NCHW) the
+    groups are a view of the input: one `var_mean` and one affine step per call, no copy of
+    the activations and no change of layout. Eval mode is a plain BatchNorm2d.
     """
 
     def __init__(self, num_features: int, num_splits: int, **kw) -> None:
@@ -231,40 +247,36 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         if not self.training or self.num_splits == 1:
             return super().forward(input)
         self._check_input_dim(input)
-        batch, channels, height, width = input.shape
+        batch, channels = input.shape[:2]
         splits = self.num_splits
         if batch % splits != 0:
             raise ValueError(
                 f"batch size {batch} is not divisible by num_splits={splits}; "
                 "expected a multiple of num_splits"
             )
+        if torch.compiler.is_compiling():  # the compiler fuses the plain arithmetic itself
+            output, mean, var = _group_batch_norm(input, self.weight, self.bias, splits, self.eps)
+        else:
+            output, mean, var = _GroupBatchNorm.apply(
+                input, self.weight, self.bias, splits, self.eps
+            )
+        if self.track_running_stats:
+            self._update_running_stats(mean, var, input.numel() // (splits * channels))
+        return output
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: int) -> None:
+        """Each group's EMA of its own statistics, averaged over groups (what G BN layers on G
+        devices, averaged, would hold): running += factor * (mean over groups - running), the
+        variance unbiased as in nn.BatchNorm2d. One fused update of both buffers."""
         factor = self._update_factor()
-        running_mean = running_var = None
-        if self.track_running_stats:
-            running_mean = self.running_mean.repeat(splits)
-            running_var = self.running_var.repeat(splits)
-        weight = self.weight.repeat(splits) if self.weight is not None else None
-        bias = self.bias.repeat(splits) if self.bias is not None else None
-        # reshape, not view: a channels_last input cannot be viewed this way and gets copied.
-        output = F.batch_norm(
-            input.reshape(batch // splits, splits * channels, height, width),
-            running_mean,
-            running_var,
-            weight,
-            bias,
-            True,
-            factor,
-            self.eps,
-        )
-        if self.track_running_stats:
-            self.running_mean.copy_(running_mean.view(splits, channels).mean(0))
-            self.running_var.copy_(running_var.view(splits, channels).mean(0))
-        return output.view(batch, channels, height, width)
+        unbiased = var * (count / max(count - 1, 1))
+        both = torch.stack([mean, unbiased]).flatten(2).mean(dim=1)  # (2, C)
+        targets = [self.running_mean, self.running_var]
+        torch._foreach_lerp_(targets, list(both.to(self.running_mean.dtype).unbind(0)), factor)
 
     def _update_factor(self) -> float:
         """Running-stat momentum, counting batches like nn.BatchNorm2d (cumulative if None)."""
-        if not self.track_running_stats:
-            return 0.0
         self.num_batches_tracked.add_(1)
         if self.momentum is None:
             return 1.0 / float(self.num_batches_tracked)
@@ -272,6 +284,92 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def _grouped(tensor: Tensor, splits: int) -> Tensor:
+    """(B, C, H, W) as (G, B/G, C, H, W): a view in any memory format (dim 0 splits)."""
+    batch, channels, height, width = tensor.shape
+    return tensor.view(splits, batch // splits, channels, height, width)
+
+
+_SAMPLE_DIMS = (1, 3, 4)  # of a `_grouped` tensor: a group's samples and pixels
+
+
+def _group_batch_norm(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, splits: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`_GroupBatchNorm`'s forward as plain differentiable arithmetic (autograd derives the
+    backward): what torch.compile traces, and the reference the tests hold the hand-written
+    backward to. Returns the output and the (G, 1, C, 1, 1) float32 mean and variance."""
+    channels, dtype = input.shape[1], input.dtype
+    grouped = _grouped(input, splits)
+    # Float32 throughout, the output cast back: a compiler fuses the casts into the kernels
+    # (and inductor's CPU code generator fails on bf16 accumulators of this backward).
+    exact = torch.promote_types(dtype, torch.float32)
+    grouped = grouped.to(exact)
+    var, mean = torch.var_mean(grouped, dim=_SAMPLE_DIMS, keepdim=True, correction=0)
+    scale = torch.rsqrt(var + eps)
+    shift = -mean * scale
+    if weight is not None:
+        scale = scale * weight.view(1, 1, channels, 1, 1)
+        shift = shift * weight.view(1, 1, channels, 1, 1) + bias.view(1, 1, channels, 1, 1)
+    output = torch.addcmul(shift, grouped, scale).to(dtype).view(input.shape)
+    return output, mean.detach(), var.detach()
+
+
+class _GroupBatchNorm(torch.autograd.Function):
+    """Batch norm with statistics per (group, channel), the groups being contiguous chunks of
+    samples, with the backward written out: 2-3 full-size kernels each way (autograd
+    through the same arithmetic records about 25 ops) and an output that is no view, so the
+    network's in-place ReLU and residual add cost no copy in the backward. The statistics and
+    per-channel factors are float32 whatever the activations' dtype (as cuDNN's batch norm
+    keeps them); the full-size tensors stay in the activations' dtype and memory format.
+    Per-channel tensors are (G, 1, C, 1, 1), broadcast against the (G, B/G, C, H, W) view."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, splits, eps):
+        channels, dtype = input.shape[1], input.dtype
+        exact = torch.promote_types(dtype, torch.float32)
+        grouped = _grouped(input, splits)
+        var, mean = torch.var_mean(grouped, dim=_SAMPLE_DIMS, keepdim=True, correction=0)
+        mean, var = mean.to(exact), var.to(exact)
+        rstd = torch.rsqrt(var + eps)
+        scale, shift = rstd, -mean * rstd
+        if weight is not None:
+            weight = weight.view(1, 1, channels, 1, 1)
+            scale = rstd * weight
+            shift = torch.addcmul(bias.view_as(weight), mean, scale, value=-1.0)
+        output = torch.empty_like(input)
+        torch.addcmul(shift.to(dtype), grouped, scale.to(dtype), out=_grouped(output, splits))
+        ctx.save_for_backward(input, weight, mean, rstd)
+        ctx.splits = splits
+        ctx.mark_non_differentiable(mean, var)
+        return output, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_var):
+        input, weight, mean, rstd = ctx.saved_tensors
+        splits, dtype, exact = ctx.splits, input.dtype, mean.dtype
+        count = input.numel() // mean.numel()
+        dy, x = _grouped(grad_output, splits), _grouped(input, splits)
+        sum_dy = dy.sum(dim=_SAMPLE_DIMS, keepdim=True, dtype=exact)
+        sum_dy_x = (dy * x).sum(dim=_SAMPLE_DIMS, keepdim=True, dtype=exact)
+        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1.0).mul_(rstd)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # dx = w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = a * dy + b * x + c
+            a = rstd if weight is None else rstd * weight
+            b = (a * rstd).mul_(sum_dy_xhat).mul_(-1.0 / count)
+            c = torch.addcmul((a * sum_dy).mul_(-1.0 / count), b, mean, value=-1.0)
+            grad_input = torch.empty_like(grad_output)
+            grouped = _grouped(grad_input, splits)
+            torch.addcmul(c.to(dtype), dy, a.to(dtype), out=grouped)
+            grouped.addcmul_(x, b.to(dtype))
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = sum_dy_xhat.sum(dim=0).flatten().to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = sum_dy.sum(dim=0).flatten().to(weight.dtype)
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:

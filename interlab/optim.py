@@ -70,12 +70,21 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+    model: nn.Module, name: str, lr: float | torch.Tensor, momentum: float, weight_decay: float
 ) -> torch.optim.Optimizer:
-    """SGD over every trainable parameter (the MoCo recipe decays all), or LARS."""
+    """SGD over every trainable parameter (the MoCo recipe decays all), or LARS.
+
+    SGD is fused on CUDA (one kernel for every parameter's update) and multi-tensor on a CPU:
+    the same arithmetic as the per-parameter loop in a few kernels. `lr` may be a 0-dim tensor
+    on the parameters' device (a CUDA-graphed step reads it there); fused SGD takes it as is.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        on_cuda = bool(params) and params[0].is_cuda
+        kernel = {"fused": True} if on_cuda else {"foreach": True}
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kernel
+        )
     if name == "lars":
         adapted = [p for p in params if p.ndim > 1]
         plain = [p for p in params if p.ndim <= 1]
@@ -85,5 +94,10 @@ def build_optimizer(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's learning rate; a tensor rate (a graphed step's) is filled in place, one
+    small kernel and no host sync."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -47,6 +47,7 @@ from interlab.run_folder import (
 )
 from interlab.run_lock import RunLock
 from interlab.snapshots import save_snapshot
+from interlab.step_graph import GraphedStep
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "load_trained", "read_metrics", "train"]
 
@@ -111,15 +112,18 @@ class Trainer:
         self.method = self._build_method()
         self.model = self._wrap_distributed(self.method)
         self.optimizer = build_optimizer(
-            self.method, config.optimizer, config.lr, config.sgd_momentum, config.weight_decay
-        )
+            self.method, config.optimizer, self._base_lr(), config.sgd_momentum,
+            config.weight_decay,
+        )  # fmt: skip
         self.order_generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.aug_generator = torch.Generator(device=self.device).manual_seed(
             config.seed * 1000 + 1 + self.rank
         )
         self.method.generator = self.aug_generator
+        self.graphed = self._graphed_step() if config.cuda_graph else None
         self.epoch = 0
         self.step = 0
+        self.steps_this_process = 0
         self.metrics: list[dict[str, Any]] = []
 
     # ---- set-up -------------------------------------------------------------------------
@@ -147,6 +151,42 @@ class Trainer:
         if self.precision.compile:
             method.compile_networks()
         return method
+
+    def _base_lr(self) -> float | Tensor:
+        """A graphed step reads its learning rate from the device: a tensor, filled per step."""
+        if not self.config.cuda_graph:
+            return self.config.lr
+        return torch.tensor(self.config.lr, dtype=torch.float32, device=self.device)
+
+    def _lr_as_this_run_keeps_it(self) -> None:
+        """A checkpoint brings its own learning-rate objects (a float, or a graphed run's
+        tensor): make them this run's kind again, so a graphed step reads a tensor it fills
+        (a float would be baked into the graph) and an eager run a plain float."""
+        for group in self.optimizer.param_groups:
+            value = float(group["lr"])
+            group["lr"] = value
+            if self.config.cuda_graph:
+                group["lr"] = torch.tensor(value, dtype=torch.float32, device=self.device)
+
+    def _graphed_step(self) -> GraphedStep:
+        """The step body captured as a CUDA graph; refused, naming why, where it cannot be."""
+        problems = []
+        if self.device.type != "cuda":
+            problems.append(f"it needs a CUDA device (this run is on {self.device})")
+        if not self.method.graph_safe:
+            problems.append(f"method {self.method.name!r} is not graph-safe (host syncs or "
+                            "schedules read on the host in its step)")  # fmt: skip
+        if self.config.optimizer != "sgd":
+            problems.append(f"it needs optimizer sgd (fused), not {self.config.optimizer!r}")
+        if self.world > 1:
+            problems.append("it runs in one process only")
+        if isinstance(self.train_set, ShardSet):
+            problems.append("streamed shards decode on the host each step")
+        if problems:
+            raise ValueError("cuda_graph=true cannot be used: " + "; ".join(problems))
+        return GraphedStep(
+            self.step_body, self.config.batch_size, self.device, [self.aug_generator]
+        )
 
     def _wrap_distributed(self, method: Method) -> nn.Module:
         if self.world == 1:
@@ -195,6 +235,7 @@ class Trainer:
         state = read_checkpoint(path, self.device)
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._lr_as_this_run_keeps_it()
         self.epoch, self.step = state["epoch"], state["step"]
         reseed = self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
         restore_rng(
@@ -207,21 +248,48 @@ class Trainer:
         """This rank's image indices for one epoch: a shared permutation, split by rank."""
         order = torch.randperm(
             len(self.train_set), generator=self.order_generator, device=self.device
-        )
-        return order[self.rank :: self.world]
+        )[self.rank :: self.world]
+        if isinstance(self.train_set, ShardSet):  # the epoch's one host copy: steps need no sync
+            self.train_set.follow_order(order)
+        return order
 
     def train_step(self, indices: Tensor) -> dict[str, Tensor]:
-        views = [self.precision.images(v) for v in self.method.views_for(self.train_set, indices)]
+        """One optimiser step on items `indices`: eager, or a replay of the captured graph.
+        The first step of a compiled run says that it compiles, and how long it took."""
         set_lr(self.optimizer, self.current_lr())
-        with self.autocast():
+        step = self.graphed if self.graphed is not None else self.step_body
+        if self.steps_this_process == 0 and self.precision.compile:
+            outputs = self._first_compiled_step(step, indices)
+        else:
+            outputs = step(indices)
+        self.step += 1
+        self.steps_this_process += 1
+        return outputs
+
+    def step_body(self, indices: Tensor) -> dict[str, Tensor]:
+        """Everything a step runs on the device: views, losses, backward, update, momentum
+        updates. No host syncs (a graphed step captures it as it is)."""
+        views = [self.precision.images(v) for v in self.method.views_for(self.train_set, indices)]
+        with self.precision.autocast(cache=self.graphed is None):
             outputs = self.model(views, indices)
         self.optimizer.zero_grad(set_to_none=True)
         outputs["loss"].backward()
         self.method.before_optimizer_step()
         self.optimizer.step()
-        self.step += 1
-        logged = self.method.after_step(self.step / self.total_steps)
+        logged = self.method.after_step((self.step + 1) / self.total_steps)
         return {**outputs, **(logged or {})}
+
+    def _first_compiled_step(self, step, indices: Tensor) -> dict[str, Tensor]:
+        say = dist_utils.is_main_process()
+        if say:
+            print("compiling the training step's networks (torch.compile) ...", flush=True)
+        start = time.perf_counter()
+        outputs = step(indices)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if say:
+            print(f"compiled in {time.perf_counter() - start:.1f} s", flush=True)
+        return outputs
 
     def current_lr(self) -> float:
         warmup = round(self.config.warmup_epochs * self.steps_per_epoch)

@@ -184,13 +184,15 @@ def test_simclr_gradient_reaches_each_rank_through_the_other_rank_s_embeddings(t
     """Both ranks compute the same loss L over the 2 x 4 gathered embeddings. The gather's
     backward sums every rank's dL/dz onto the rank that produced z, so rank k's local gradient
     is 2 (dL/dz_k)(dz_k/dθ); DDP then averages the two ranks, which leaves exactly dL/dθ of
-    one process computing L over the global batch (each rank's half through the encoder on
-    its own, as its BatchNorm sees it): scale 1. A gather without gradient would give half."""
+    one process computing L over the global batch (each rank's half, both views in one call
+    as SimCLR runs them, through the encoder on its own, as its BatchNorm sees it): scale 1.
+    A gather without gradient would give half."""
     grad0, grad1 = (rank["simclr"] for rank in two_rank_checks)
     method = small_simclr()
     halves = [rank_views(0), rank_views(1)]
-    z1 = torch.cat([method.encoder(views[0]) for views in halves])
-    z2 = torch.cat([method.encoder(views[1]) for views in halves])
+    per_rank = [method.encoder(torch.cat(views)).chunk(2) for views in halves]
+    z1 = torch.cat([z[0] for z in per_rank])
+    z2 = torch.cat([z[1] for z in per_rank])
     nt_xent(z1, z2, 0.5).backward()
     for name, parameter in method.named_parameters():
         assert torch.equal(grad0[name], grad1[name]), name

@@ -31,10 +31,16 @@ def pack():
 
 @pytest.fixture(autouse=True)
 def device_out(tmp_path, monkeypatch) -> Path:
-    """$OUT as the device tool sets it; never the real one, even on the lent machine."""
+    """The copy folder a GPU machine hands back ($GPU_PACK_COPY_DIR); never a real one, even
+    on a GPU machine (where the job runner's $OUT is the pack's fallback)."""
     out = tmp_path / "device_out"
-    monkeypatch.setenv("OUT", str(out))
+    monkeypatch.setenv("GPU_PACK_COPY_DIR", str(out))
+    monkeypatch.setenv("OUT", str(tmp_path / "not_this_one"))
     return out
+
+
+def call_logs(folder: Path) -> list[Path]:
+    return sorted(folder.glob("gpu_pack_*.log"))
 
 
 def python(code: str) -> list[str]:
@@ -75,10 +81,22 @@ def test_queue_runs_in_order_records_at_once_and_continues_where_it_stopped(
     assert "exit code 3" in broken["error"] and "boom: the kernel" in broken["error"]
     assert "duration_s" not in huge and "needs ~1000000 s" in huge["reason"]
     assert small["figures"] == {"z": 0.25}
-    # Written as they finished, to OUT and to $OUT alike.
+    # Written as they finished, to OUT and to the copy folder alike.
     on_disk = (out / "gpu.jsonl").read_text()
     assert [json.loads(line) for line in on_disk.splitlines()] == records
     assert (device_out / "gpu.jsonl").read_text() == on_disk
+    # One log per call holds every item that ran, whole; the records name it.
+    (call_log,) = call_logs(out / "logs")
+    assert {r.get("log") for r in records} == {f"logs/{call_log.name}", None}
+    assert "log" not in huge  # refused: nothing ran
+    text = call_log.read_text()
+    assert sorted(p.name for p in device_out.iterdir()) == ["gpu.jsonl", call_log.name]
+    assert (device_out / call_log.name).read_text() == text
+    for name in ("first", "broken", "small"):
+        assert text.count(f"======== {name} (") == 1
+    assert "boom: the kernel" in text and '{"x": 1.5}' in text
+    assert "-------- broken: failed in " in text and "exit code 3" in text
+    assert "huge" not in text
 
     # A second call: the ok items are skipped, the others are tried again.
     again = pack.run_pack(items, budget_s=60, out_dir=out, env=ENV)
@@ -86,6 +104,8 @@ def test_queue_runs_in_order_records_at_once_and_continues_where_it_stopped(
     assert log.read_text().split() == ["first", "small"]
     assert len((out / "gpu.jsonl").read_text().splitlines()) == 6
     assert len((device_out / "gpu.jsonl").read_text().splitlines()) == 6
+    assert again[0]["log"].startswith("logs/gpu_pack_")  # a call's own log (or the same
+    # one, when both calls began within the same second)
 
 
 def test_an_earlier_attempts_duration_counts_against_the_budget(pack, tmp_path):
@@ -107,13 +127,70 @@ def test_an_earlier_attempts_duration_counts_against_the_budget(pack, tmp_path):
 
 def test_a_hung_item_is_killed_at_the_budget_left_and_recorded(pack, tmp_path):
     items = [
-        pack.Item("hangs", python("import time; time.sleep(60)"), 1, "speed"),
+        pack.Item("hangs", python("print('started'); import time; time.sleep(60)"), 1, "speed"),
         pack.Item("after", python("print('{}')"), 1, "speed"),
     ]
     hung, after = pack.run_pack(items, budget_s=1.5, out_dir=tmp_path, env=ENV)
     assert hung["status"] == "failed" and hung["error"].startswith("timed out")
     assert hung["duration_s"] < 10
     assert after["status"] == "refused"  # nothing left of the budget
+    # What it printed before the kill is in the log: items run unbuffered.
+    text = (tmp_path / hung["log"]).read_text()
+    assert "started\n" in text and "-------- hangs: failed in" in text
+
+
+def test_the_log_interleaves_both_streams_and_cuts_a_huge_output_in_the_middle(
+    pack, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pack, "ITEM_LOG_CHARS", 4000)
+    monkeypatch.setattr(pack, "MIN_ITEM_LOG_CHARS", 1000)
+    turns = (
+        "import sys, time\n"
+        "for n in range(3):\n"
+        "    print(f'out {n}'); time.sleep(0.1); print(f'err {n}', file=sys.stderr)\n"
+        "    time.sleep(0.1)\n"
+    )
+    flood = "for n in range(20000): print(f'line {n:05d}')\nprint('{\"lines\": 20000}')"
+    items = [
+        pack.Item("turns", python(turns), 1, "speed"),
+        pack.Item("flood", python(flood), 1, "speed"),
+    ]
+    turns_record, flood_record = pack.run_pack(items, budget_s=60, out_dir=tmp_path, env=ENV)
+    text = (tmp_path / turns_record["log"]).read_text()
+    said = [line for line in text.splitlines() if line[:4] in ("out ", "err ")]
+    assert said == ["out 0", "err 0", "out 1", "err 1", "out 2", "err 2"]
+    assert flood_record["figures"] == {"lines": 20000}  # the reader still saw everything
+    flood_part = text[text.index("======== flood") :]
+    assert "line 00000" in flood_part and '{"lines": 20000}' in flood_part  # head and tail
+    assert "line 10000" not in flood_part and "characters of output cut here" in flood_part
+    assert len(flood_part) < 4000 + 1000  # the limit, plus the header and the footer
+
+
+def test_a_missing_script_is_recorded_without_running_and_the_queue_goes_on(pack, tmp_path):
+    items = [
+        pack.Item("pending", [sys.executable, "benchmarks/not_written_yet.py"], 1, "speed"),
+        pack.Item("after", python("print('{}')"), 1, "speed"),
+    ]
+    pending, after = pack.run_pack(items, budget_s=60, out_dir=tmp_path, env=ENV, cwd=ROOT)
+    assert pending["status"] == "failed" and "duration_s" not in pending
+    assert pending["error"] == "not run: benchmarks/not_written_yet.py does not exist"
+    assert after["status"] == "ok"
+    assert pack.missing_scripts(items[0].command, ROOT) == ["benchmarks/not_written_yet.py"]
+    listed = pack.list_queue(items, [])
+    assert listed[0].endswith("(missing: benchmarks/not_written_yet.py)")
+
+
+def test_the_copy_folder_comes_from_the_option_or_the_environment(pack, tmp_path, monkeypatch):
+    assert pack.default_copy_dir() == str(tmp_path / "device_out")
+    monkeypatch.delenv("GPU_PACK_COPY_DIR")
+    assert pack.default_copy_dir() == str(tmp_path / "not_this_one")
+    monkeypatch.delenv("OUT")
+    assert pack.default_copy_dir() is None
+    items = [pack.Item("one", python("print('{}')"), 1, "speed")]
+    pack.run_pack(items, budget_s=60, out_dir=tmp_path / "results", env=ENV)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]  # no copy anywhere
+    pack.run_pack(items, 60, tmp_path / "again", copy_dir=tmp_path / "copy", env=ENV)
+    assert (tmp_path / "copy" / "gpu.jsonl").exists() and len(call_logs(tmp_path / "copy")) == 1
 
 
 def test_a_failed_test_run_keeps_its_counts(pack, tmp_path):
@@ -213,8 +290,20 @@ def test_tables_from_the_records_replace_only_the_marked_part(pack, tmp_path):
 
     pack.run_pack(tiny_items(pack, tmp_path / "ran.log"), 60, out, env=ENV)
     pack.run_pack(fake_run(pack, tmp_path), 60, out, env=ENV)
+    line = {"combinations": 2, "ok": 1, "failed": ["interclr/shards: RuntimeError: a|b"]}
+    failing = python(f"print({json.dumps(line)!r}); raise SystemExit(1)")
+    smoke = pack.Item("smoke", failing, 1, "tests", pack.smoke_counts, {"failed": "== 0"})
+    pack.run_pack([smoke], 60, out, env=ENV)
+    older = {"item": "moco_throughput", "kind": "speed", "status": "ok", "command": "x",
+             "goals": {"cifar10_epoch_s": "<= 3"}, "figures": {"cifar10_epoch_s": 2.8},
+             **ENV, "date": "2026-12-04T00:00:00+00:00"}  # fmt: skip
+    pack.append(older, [out / "gpu.jsonl"])
     pack.write_tables(out / "gpu.jsonl", results)
     text = results.read_text()
+    assert "| smoke | failed | 1 | == 0 | **no** |" in text
+    # judged by the queue's present goal (<= 2.5), not the one it was run with
+    assert "| moco_throughput | cifar10_epoch_s | 2.8 | <= 2.5 | **no** |" in text
+    assert "| smoke | failures | interclr/shards: RuntimeError: a/b | | |" in text
     assert "Not measured yet" not in text and text.count(pack.BEGIN) == 1
     for title in ("### Speeds", "### k-means", "### Step time", "### Training runs"):
         assert title in text
@@ -229,33 +318,86 @@ def test_tables_from_the_records_replace_only_the_marked_part(pack, tmp_path):
     assert results.read_text() == text  # regenerating changes nothing
 
 
-def test_merge_appends_only_new_records(pack, tmp_path):
-    call, target = tmp_path / "call.jsonl", tmp_path / "results" / "gpu.jsonl"
-    call.write_text('{"item": "a", "status": "ok"}\n{"item": "b", "status": "failed"}\n')
+def test_merge_appends_only_new_records_and_brings_their_log(pack, tmp_path):
+    call, target = tmp_path / "call" / "gpu.jsonl", tmp_path / "results" / "gpu.jsonl"
+    call.parent.mkdir()
+    log = "logs/gpu_pack_20261204T132830Z.log"
+    call.write_text(
+        f'{{"item": "a", "status": "ok", "log": "{log}"}}\n{{"item": "b", "status": "failed"}}\n'
+    )
+    (call.parent / "gpu_pack_20261204T132830Z.log").write_text("======== a\nall of it\n")
     assert pack.merge(call, target) == 2
-    assert pack.merge(call, target) == 0
+    assert pack.merge_logs(call, target) == [target.parent / log]
+    assert (target.parent / log).read_text() == "======== a\nall of it\n"
+    assert pack.merge(call, target) == 0 and pack.merge_logs(call, target) == []
     assert len(target.read_text().splitlines()) == 2
 
 
-def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
+def test_main_refuses_what_it_cannot_do(pack, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pack.main(["--merge", str(tmp_path / "nowhere.jsonl"), "--out", str(tmp_path)])
+    assert "nowhere.jsonl does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pack.main(["--only", "gpu_smok", "--out", str(tmp_path)])
+    assert "no item or run named gpu_smok" in capsys.readouterr().err
+
+
+def test_readers_of_the_smoke_and_concurrency_lines(pack):
+    smoke = {"combinations": 23, "ok": 22, "skipped": ["cyclecontrast/shards: frames"],
+             "failed": ["interclr/shards: RuntimeError: indices"], "seconds": 80.5}  # fmt: skip
+    figures = pack.smoke_counts("progress\n" + json.dumps(smoke) + "\n", None)
+    assert figures == {
+        "combinations": 23, "ok": 22, "failed": 1, "skipped": 1, "seconds": 80.5,
+        "failures": ["interclr/shards: RuntimeError: indices"],
+    }  # fmt: skip
+    assert pack.goal_met(figures["failed"], "== 0") == "**no**"
+    groups = [
+        {"runs": n, "wall_s": 10.0 * n / s, "speedup_vs_sequential": s, "per_run": []}
+        for n, s in ((1, 1.0), (2, 1.6), (8, 2.5))
+    ]
+    line = {"results": {"default": groups, "mps": groups[:2]}, "epochs": 3}
+    figures = pack.largest_n_speedup(json.dumps(line), None)
+    assert (figures["speedup_vs_sequential"], figures["largest_n"]) == (2.5, 8)
+    assert figures["speedup_vs_sequential_n2"] == 1.6 and figures["mps_wall_s_n2"] == 12.5
+    flat = pack.largest_n_speedup('{"speedup_vs_sequential_n4": 1.2, "x": 1}', None)
+    assert (flat["speedup_vs_sequential"], flat["largest_n"]) == (1.2, 4)
+    nested = pack.largest_n_speedup('{"speedup_vs_sequential": {"2": 1.1, "16": 0.9}}', None)
+    assert (nested["speedup_vs_sequential"], nested["largest_n"]) == (0.9, 16)
+
+
+def test_default_queue_order_and_commands_fit_the_gpu_machine(pack):
     items = pack.default_items("npz:.gpudata/cifar10.npz")
     names = [item.name for item in items]
     assert len(set(names)) == len(names)
-    assert names[:8] == [
-        "gpu_tests", "augment_speed", "moco_throughput", "kmeans", "step_time", "stream_speed",
-        "config_cost", "gpu_compile_tests",
+    compile_others = [f"compile_time_{m}" for m in ("interclr", "cyclecontrast", "dino", "scfs")]
+    assert names[:16] == [
+        "gpu_tests", "gpu_smoke", "moco_throughput", "moco_throughput_graph", "augment_speed",
+        "concurrent_runs", "compile_time", "step_time", "config_cost", "kmeans", "stream_speed",
+        *compile_others, "gpu_compile_tests",
     ]  # fmt: skip
-    tests, compile_tests = items[0].command, items[7].command
+    tests, compile_tests = items[0].command, items[15].command
     assert tests[tests.index("-k") + 1] == "not " + compile_tests[compile_tests.index("-k") + 1]
     assert all(any(p.startswith("--timeout=") for p in c) for c in (tests, compile_tests))
-    runs = list(dict.fromkeys(item.slice.run for item in items[8:]))
+    every_gpu_file = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("tests/test_gpu*.py"))
+    assert set(every_gpu_file) | {"tests/test_augment.py", "tests/test_data.py"} <= set(tests)
+    goals = {item.name: item.goals for item in items[:16]}
+    assert goals["gpu_smoke"] == {"failed": "== 0"}
+    assert goals["moco_throughput"] == goals["moco_throughput_graph"]
+    assert goals["moco_throughput"] == {"ratio": ">= 0.6", "cifar10_epoch_s": "<= 2.5"}
+    assert items[3].command == [*items[2].command, "--cuda-graph"]
+    assert goals["concurrent_runs"] == {"speedup_vs_sequential": ">= 1.5"}
+    assert goals["compile_time"] == {"cold_compile_s": "<= 120", "recompiles_after_warmup": "== 0"}
+    assert all(goals[name] == {"recompiles_after_warmup": "== 0"} for name in compile_others)
+    assert items[5].command[-3:] == ["--mps", "--timeout-s", "150"]
+    assert (items[5].estimate([]), items[6].estimate([])) == (400, 200)
+    runs = list(dict.fromkeys(item.slice.run for item in items[16:]))
     assert runs[:3] == ["moco_100ep", "moco_200ep", "interclr_100ep"]
     assert len(runs) == 8  # + five study variants
     for item in items:
         assert item.command[0] == sys.executable
         assert not any("papermill" in part or "quickstart" in part for part in item.command)
         scripts = [p for p in item.command if p.startswith("benchmarks/") and p.endswith(".py")]
-        assert all((ROOT / script).exists() for script in scripts), scripts
+        assert all((ROOT / s).exists() for s in scripts), scripts
         assert item.estimate([]) <= 420  # about 5 minutes per item, a 10-minute call
     for run in runs:
         parts = [item.slice for item in items if item.slice and item.slice.run == run]
@@ -264,4 +406,4 @@ def test_default_queue_order_and_commands_fit_the_lent_machine(pack):
         assert parts[0].run_dir.is_relative_to(ROOT / "benchmarks" / "out")
     # Measured step rates replace the guessed epoch time in the training estimates.
     measured = [{"item": "moco_throughput", "status": "ok", "figures": {"cifar10_epoch_s": 2.0}}]
-    assert items[8].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)
+    assert items[16].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)

@@ -48,19 +48,71 @@ def test_shuffled_keys_come_back_in_batch_order():
     assert torch.allclose(shuffled, moco.keys(images), atol=1e-6)
 
 
+def per_view_copy(moco):
+    """A copy of `moco` whose encoders run one view per call, each with `split_bn` groups:
+    the reference for the batched passes (one query pass and one key pass over both views)."""
+    copy = __import__("copy").deepcopy(moco)
+    for module in (*copy.encoder.modules(), *copy.key_encoder.modules()):
+        if isinstance(module, nets.SplitBatchNorm2d):
+            module.num_splits = moco.options.split_bn
+    return copy
+
+
 def test_symmetric_loss_is_the_sum_of_both_directions():
     moco = make("moco", symmetric=True, shuffle_keys=False, split_bn=1, queue_size=64)
     moco.train()
+    reference = per_view_copy(moco)
     v1, v2 = views()
     queue = moco.queue.clone()
     torch.manual_seed(3)
     loss = moco(views(), torch.arange(8))["loss"]
     with torch.no_grad():
-        q1, q2 = moco.encoder(v1), moco.encoder(v2)
-        k1, k2 = moco.key_encoder(v1), moco.key_encoder(v2)
+        q1, q2 = reference.encoder(v1), reference.encoder(v2)
+        k1, k2 = reference.key_encoder(v1), reference.key_encoder(v2)
     expected = info_nce(q1, k2, queue, 0.2) + info_nce(q2, k1, queue, 0.2)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert torch.equal(moco.queue[:16], torch.cat([k2, k1]))
+    torch.testing.assert_close(moco.queue[:16], torch.cat([k2, k1]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["moco", "interclr"])
+def test_batched_views_give_the_losses_and_gradients_of_a_pass_per_view(method):
+    """One query pass and one key pass over both views (2 x split_bn BN groups) against the
+    former four passes of one view each (split_bn groups each): same loss, same gradients."""
+    keys = {"symmetric": True, "shuffle_keys": False, "split_bn": 4, "queue_size": 64}
+    if method == "interclr":
+        keys = {**keys, "inter_warmup_epochs": 1, "epochs": 2}  # the intra branch alone
+        model = build_method(
+            build_config({"method": method, "backbone": "convnet", "batch_size": 8, **keys}),
+            AugmentConfig(),
+            num_samples=400,
+        )
+    else:
+        model = make(method, **keys)
+    model.train()
+    reference = per_view_copy(model)
+    v1, v2 = views()
+    loss = model([v1, v2], torch.arange(8))["loss"]
+    loss.backward()
+    queue = reference.queue.clone()
+    q1, q2 = reference.encoder(v1), reference.encoder(v2)
+    with torch.no_grad():
+        k1, k2 = reference.key_encoder(v1), reference.key_encoder(v2)
+    expected = info_nce(q1, k2, queue, 0.2) + info_nce(q2, k1, queue, 0.2)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for (name, mine), theirs in zip(
+        model.encoder.named_parameters(), reference.encoder.parameters(), strict=True
+    ):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # the groups really are per view: one BN over both views would give another loss
+    pooled = per_view_copy(model)
+    for module in pooled.encoder.modules():
+        if isinstance(module, nets.SplitBatchNorm2d):
+            module.num_splits = 4
+    with torch.no_grad():
+        q = pooled.encoder(torch.cat([v1, v2]))
+    mixed = info_nce(q[:8], k2, queue, 0.2) + info_nce(q[8:], k1, queue, 0.2)
+    assert abs(mixed.item() - expected.item()) > 1e-3
 
 
 def test_momentum_step_moves_keys_towards_queries():
@@ -125,12 +177,18 @@ def test_key_encoder_keeps_its_own_bn_statistics_and_training_is_unchanged(
     data = f"npz:{tiny_npz}"
     params_only = train(cpu_config(tmp_path / "a", data, epochs=1), progress=False)
 
-    def copy_buffers_too(target, online, momentum):  # the previous helper, for comparison
-        nets.momentum_update(target, online, momentum)
-        for mine, theirs in zip(target.buffers(), online.buffers(), strict=True):
-            mine.copy_(theirs)
+    class CopyBuffersToo(nets.MomentumUpdate):  # the previous helper, for comparison
+        def __init__(self, target, online):
+            super().__init__(target, online)
+            self.pairs = list(zip(target.buffers(), online.buffers(), strict=True))
 
-    monkeypatch.setattr(moco_module, "momentum_update", copy_buffers_too)
+        def __call__(self, momentum):
+            super().__call__(momentum)
+            with torch.no_grad():
+                for mine, theirs in self.pairs:
+                    mine.copy_(theirs)
+
+    monkeypatch.setattr(moco_module, "MomentumUpdate", CopyBuffersToo)
     copied = train(cpu_config(tmp_path / "b", data, epochs=1), progress=False)
     a, b = params_only.method, copied.method
     expected = b.encoder.state_dict()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -198,19 +200,25 @@ def _randomised_bn(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
     return bn
 
 
+def _chunks(batch: int, splits: int) -> list[slice]:
+    size = batch // splits
+    return [slice(g * size, (g + 1) * size) for g in range(splits)]
+
+
 def _per_group_reference(
     initial: dict[str, torch.Tensor], inputs: torch.Tensor, splits: int, momentum: float | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain BatchNorm2d applied to each group g::splits separately (loop in the test only).
+    """Plain BatchNorm2d applied to each contiguous chunk of B/splits samples separately
+    (loop in the test only).
 
     Returns the stitched output and the mean over groups of the updated running mean / var.
     """
     output = torch.empty_like(inputs)
     means, variances = [], []
-    for group in range(splits):
+    for group in _chunks(len(inputs), splits):
         reference = nn.BatchNorm2d(inputs.shape[1], momentum=momentum)
         reference.load_state_dict(initial)
-        output[group::splits] = reference.train()(inputs[group::splits])
+        output[group] = reference.train()(inputs[group])
         means.append(reference.running_mean)
         variances.append(reference.running_var)
     return output, torch.stack(means).mean(0), torch.stack(variances).mean(0)
@@ -263,13 +271,49 @@ def test_split_batchnorm_gradients_match_per_group_batchnorm():
     (split.train()(split_inputs) * upstream).sum().backward()
 
     reference_inputs = inputs.clone().requires_grad_(True)
-    for group in range(splits):  # reference only
-        out = reference.train()(reference_inputs[group::splits])
-        (out * upstream[group::splits]).sum().backward()
+    for group in _chunks(6, splits):  # reference only
+        out = reference.train()(reference_inputs[group])
+        (out * upstream[group]).sum().backward()
 
     torch.testing.assert_close(split_inputs.grad, reference_inputs.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(split.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(split.bias.grad, reference.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_split_batchnorm_on_channels_last_matches_per_group_batchnorm_without_copies(momentum):
+    """channels_last in, channels_last out: the groups are a view, so the forward makes no
+    copy of the activations (the old strided grouping copied every BN input to NCHW)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    splits, channels = 4, 6
+    split = _randomised_bn(SplitBatchNorm2d(channels, splits, momentum=momentum))
+    initial = {key: value.clone() for key, value in split.state_dict().items()}
+    inputs = (torch.randn(8, channels, 5, 3) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        output = split.train()(inputs)
+    expected, mean, var = _per_group_reference(initial, inputs.contiguous(), splits, momentum)
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split.running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split.running_var, var, rtol=1e-5, atol=1e-6)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    copies = [
+        (event.name, event.input_shapes)
+        for event in prof.events()
+        if event.name in ("aten::copy_", "aten::clone", "aten::repeat")
+        and any(math.prod(shape) >= inputs.numel() for shape in event.input_shapes if shape)
+    ]
+    assert copies == []
+
+
+def test_split_batchnorm_in_bf16_stays_bf16_and_close_to_float32():
+    split = _randomised_bn(SplitBatchNorm2d(8, 2))
+    inputs = (torch.randn(6, 8, 4, 4) * 3 + 2).contiguous(memory_format=torch.channels_last)
+    reference = split.train()(inputs)
+    low = split.train()(inputs.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16 and low.is_contiguous(memory_format=torch.channels_last)
+    # bf16 keeps 8 bits of mantissa: about 1% of a unit-variance output
+    assert (low.float() - reference).abs().max() < 0.05
 
 
 def test_split_batchnorm_eval_equals_plain_batchnorm_eval():
@@ -314,3 +358,43 @@ def test_convert_split_batchnorm_on_a_bare_batchnorm_returns_a_split_copy():
     assert (split.momentum, split.eps, split.training) == (0.2, 1e-3, False)
     assert torch.equal(split.weight, bn.weight)
     assert torch.equal(split.running_var, bn.running_var)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_batchnorm_backward_passes_gradcheck(channels_last: bool):
+    """The hand-written backward against finite differences, in float64, both layouts."""
+    split = _randomised_bn(SplitBatchNorm2d(3, 2)).double().train()
+    split.track_running_stats = False  # gradcheck calls forward many times
+    inputs = torch.randn(4, 3, 3, 2, dtype=torch.float64)
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    inputs.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: torch.nn.functional.relu(split(x)) * 0 + split(x) * x,
+        (inputs, split.weight, split.bias),
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_batchnorm_hand_written_backward_equals_autograd_of_the_plain_arithmetic(
+    channels_last: bool,
+):
+    """What torch.compile traces (`_group_batch_norm`) and what eager runs give the same
+    outputs and gradients."""
+    from interlab.nets import _group_batch_norm, _GroupBatchNorm
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(8, 5, 4, 3, generator=generator) * 2 + 1
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(5, generator=generator) + 0.5
+    bias = torch.randn(5, generator=generator)
+    upstream = torch.randn(8, 5, 4, 3, generator=generator)
+    results = []
+    for function in (_GroupBatchNorm.apply, _group_batch_norm):
+        x, w, b = (t.clone().requires_grad_(True) for t in (inputs, weight, bias))
+        output, mean, var = function(x, w, b, 4, 1e-5)
+        (output * upstream).sum().backward()
+        results.append((output, mean, var, x.grad, w.grad, b.grad))
+    for mine, reference in zip(*results, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5)

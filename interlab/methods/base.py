@@ -95,6 +95,9 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     options_class: ClassVar[type]
+    # The step can be captured as a CUDA graph (`cuda_graph=true`): it syncs with the host
+    # nowhere and reads no schedule (`progress`) or counter on the host.
+    graph_safe: ClassVar[bool] = False
 
     def __init__(self, setup: MethodSetup, options: Any, augment: AugmentConfig) -> None:
         super().__init__()
@@ -137,8 +140,11 @@ class Method(nn.Module):
 
     def make_views(self, images: Tensor, sizes: Tensor | None = None) -> list[Tensor]:
         """Two independently augmented views of each image (uint8 NHWC in, float NCHW out);
-        `sizes`: the images' own sizes in a padded batch streamed from shards."""
-        return [self.augment(images, self.generator, sizes) for _ in range(2)]
+        `sizes`: the images' own sizes in a padded batch streamed from shards. Both views come
+        from one augmentation call over the batch twice (half the kernel launches); each
+        sample of each view still draws its own parameters."""
+        twice = None if sizes is None else sizes.repeat(2, 1)
+        return list(self.augment(images.repeat(2, 1, 1, 1), self.generator, twice).chunk(2))
 
     def shard_problem(self, data: ShardSet) -> str | None:
         """Why this method cannot stream from `data`, or None: every view is drawn from the

@@ -151,6 +151,7 @@ class InterCLR(MoCo):
 
     name = "interclr"
     options_class = InterCLROptions
+    graph_safe = False  # the bank's online relabelling repairs clusters on the host
 
     def __init__(
         self,
@@ -175,7 +176,9 @@ class InterCLR(MoCo):
                 f"the bank holds {self.memory.size} entries; the training set has {len(train_set)}"
             )
         self.train_images = train_set.images
-        self.true_labels = train_set.labels if train_set.has_labels else None
+        self.true_labels = None
+        if train_set.has_labels:  # where the bank is: every step indexes it with its indices
+            self.true_labels = train_set.labels.to(self.memory.features.device)
         if not bool(self.memory.ready):  # a resumed run keeps its checkpointed bank
             features, labels = self.cluster_training_set(seed=self.setup.seed)
             self.memory.initialize(features, labels)
@@ -257,10 +260,12 @@ class InterCLR(MoCo):
         return metrics
 
     # ---- one step ----------------------------------------------------------------------------
-    def contrast(self, query: Tensor, key: Tensor) -> Tensor:
+    def contrast(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """MarginNCE against the queue, every direction summed (see `MoCo.contrast`)."""
         queue = self.queue.clone().detach()
         o = self.options
-        return margin_nce(query, key, queue, o.temperature, o.intra_margin, o.intra_margin_kind)
+        loss = margin_nce(queries, keys, queue, o.temperature, o.intra_margin, o.intra_margin_kind)
+        return loss * self.directions
 
     def inter_contrast(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
         """MarginNCE against a cluster-mate and sampled non-cluster bank entries.
@@ -298,26 +303,21 @@ class InterCLR(MoCo):
         return false_negative_share(self.true_labels, indices, negatives)
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
-        view1, view2 = views
-        queries = [self.encoder(view1)]
-        keys = [self.keys(view2)]
-        if self.options.symmetric:
-            queries.append(self.encoder(view2))
-            keys.append(self.keys(view1))
+        queries, keys = self.queries_and_keys(views)
         # Symmetric runs sum both directions, as the MoCo recipe does.
-        intra = sum(self.contrast(q, k) for q, k in zip(queries, keys, strict=True))
+        intra = self.contrast(queries, keys)
         outputs: dict[str, Tensor] = {"loss_intra": intra.detach()}
         # During the inter warm-up the intra branch alone carries full weight (as the original).
         loss = self.options.intra_weight * intra if self.inter_active else intra
         if self.inter_active:
-            inter_terms = [self.inter_contrast(q, indices) for q in queries]
-            inter = sum(term for term, _ in inter_terms)
+            inter, false_negatives = self.inter_contrast(queries, indices.repeat(self.directions))
+            inter = inter * self.directions
             loss = loss + self.options.inter_weight * inter
             outputs["loss_inter"] = inter.detach()
-            if inter_terms[0][1] is not None:
-                outputs["false_negative_rate"] = inter_terms[0][1]
-        self.enqueue(torch.cat(keys))
-        self._pending = (indices, keys[0])  # the bank takes view 2's key, after the losses
+            if false_negatives is not None:
+                outputs["false_negative_rate"] = false_negatives
+        self.enqueue(keys)
+        self._pending = (indices, keys[: len(indices)])  # the bank takes view 2's key (k2)
         outputs["loss"] = loss
         return outputs
 

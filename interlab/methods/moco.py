@@ -13,7 +13,7 @@ from interlab.augment import AugmentConfig
 from interlab.distributed import gather_cat, world_size
 from interlab.losses import info_nce
 from interlab.methods.base import Method, MethodSetup, ProjectionOptions, build_encoder
-from interlab.nets import convert_split_batchnorm, make_momentum_copy, momentum_update
+from interlab.nets import MomentumUpdate, convert_split_batchnorm, make_momentum_copy
 
 
 @dataclass
@@ -23,7 +23,7 @@ class MoCoOptions(ProjectionOptions):
     queue_size: int | None = None  # None: 4096, or less to stay well under one epoch
     encoder_momentum: float = 0.99
     symmetric: bool = False
-    split_bn: int = 8  # BN groups emulating shuffle-BN on one device; 1 = plain BN
+    split_bn: int = 8  # BN groups per view emulating shuffle-BN on one device; 1 = plain BN
     shuffle_keys: bool = True
 
     def __post_init__(self) -> None:
@@ -59,6 +59,7 @@ class MoCo(Method):
 
     name = "moco"
     options_class = MoCoOptions
+    graph_safe = True
 
     def __init__(
         self,
@@ -75,12 +76,23 @@ class MoCo(Method):
                 f"({keys_per_step}); use a larger queue or a smaller batch"
             )
         self.encoder = build_encoder(setup, options)
-        if options.split_bn > 1 and world_size() == 1:
-            convert_split_batchnorm(self.encoder, options.split_bn)
+        # On one device the views of a step share one encoder call (batched_views), each view
+        # keeping its own `split_bn` BN groups, as each GPU's BN would see one view's sub-batch.
+        self.batched_views = world_size() == 1
+        if self.batched_views:
+            groups = options.split_bn * self.directions
+            if groups > 1:
+                convert_split_batchnorm(self.encoder, groups)
         self.key_encoder = make_momentum_copy(self.encoder)
+        self.momentum_update = MomentumUpdate(self.key_encoder, self.encoder)
         queue = F.normalize(torch.randn(options.queue_size, options.proj_dim), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def directions(self) -> int:
+        """Query-key directions per step: 2 in the symmetric recipe (q1-k2 and q2-k1)."""
+        return 2 if self.options.symmetric else 1
 
     @property
     def backbone(self) -> torch.nn.Module:
@@ -94,39 +106,58 @@ class MoCo(Method):
         return [self.encoder, self.key_encoder]
 
     @torch.no_grad()
-    def keys(self, images: Tensor) -> Tensor:
-        """Key embeddings; on one device the batch is shuffled so split-BN groups differ from the query's."""
+    def keys(self, images: Tensor, views: int = 1) -> Tensor:
+        """Key embeddings of `views` stacked view batches. On one device each view's samples are
+        shuffled among themselves, so its split-BN groups differ from the query's."""
         if not self.options.shuffle_keys:
             return self.key_encoder(images)
-        order = torch.randperm(len(images), device=images.device, generator=self.generator)
+        order = shuffled_within(len(images) // views, views, images.device, self.generator)
         keys = self.key_encoder(images[order])
-        return keys[torch.argsort(order)]
+        unshuffled = torch.empty_like(keys)
+        unshuffled[order] = keys
+        return unshuffled
+
+    def queries_and_keys(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Each query beside its positive key: rows (q1) against (k2), and in the symmetric
+        recipe (q1; q2) against (k2; k1). On one device that is one query pass and one key pass
+        over both views, whatever the directions (the same losses and gradients as a pass per
+        view: split BN keeps each view's groups apart)."""
+        view1, view2 = views
+        if not self.options.symmetric:
+            return self.encoder(view1), self.keys(view2)
+        if self.batched_views:
+            both = torch.cat(views)
+            return self.encoder(both), self.keys(both, views=2).roll(len(view1), dims=0)
+        queries = torch.cat([self.encoder(view1), self.encoder(view2)])
+        return queries, torch.cat([self.keys(view2), self.keys(view1)])
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Replace the oldest queue entries with this step's keys from all ranks."""
         fifo_write([self.queue], [gather_cat(keys)], self.queue_ptr)
 
-    def contrast(self, query: Tensor, key: Tensor) -> Tensor:
-        return info_nce(query, key, self.queue.clone().detach(), self.options.temperature)
+    def contrast(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """The InfoNCE of every direction, summed as in the MoCo CIFAR-10 recipe (its learning
+        rate applies unchanged): the mean over the stacked rows times the directions."""
+        loss = info_nce(queries, keys, self.queue.clone().detach(), self.options.temperature)
+        return loss * self.directions
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
-        view1, view2 = views
-        query1 = self.encoder(view1)
-        key2 = self.keys(view2)
-        if not self.options.symmetric:
-            loss = self.contrast(query1, key2)
-            self.enqueue(key2)
-            return {"loss": loss, "loss_contrast": loss.detach()}
-        query2 = self.encoder(view2)
-        key1 = self.keys(view1)
-        # A sum, not a mean, as in the MoCo CIFAR-10 recipe: its learning rate applies unchanged.
-        loss = self.contrast(query1, key2) + self.contrast(query2, key1)
-        self.enqueue(torch.cat([key2, key1]))
+        queries, keys = self.queries_and_keys(views)
+        loss = self.contrast(queries, keys)
+        self.enqueue(keys)
         return {"loss": loss, "loss_contrast": loss.detach()}
 
     def after_step(self, progress: float) -> None:
-        momentum_update(self.key_encoder, self.encoder, self.options.encoder_momentum)
+        self.momentum_update(self.options.encoder_momentum)
+
+
+def shuffled_within(size: int, groups: int, device: torch.device, generator=None) -> Tensor:
+    """A random order of `groups * size` rows that keeps each block of `size` rows in its
+    block (a permutation per block, from one uniform draw: no host sync)."""
+    draws = torch.rand(groups, size, device=device, generator=generator)
+    offsets = torch.arange(0, groups * size, size, device=device).unsqueeze(1)
+    return (draws.argsort(dim=1) + offsets).flatten()
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ class SimCLROptions(ProjectionOptions):
 class SimCLR(Method):
     name = "simclr"
     options_class = SimCLROptions
+    graph_safe = True
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class SimCLR(Method):
         return [self.encoder]
 
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
-        z1 = gather_cat_with_grad(self.encoder(views[0]))
-        z2 = gather_cat_with_grad(self.encoder(views[1]))
+        # both views in one encoder pass, BN over the 2N views, as SimCLR runs its batch
+        z1, z2 = (gather_cat_with_grad(z) for z in self.encoder(torch.cat(views)).chunk(2))
         loss = nt_xent(z1, z2, self.options.temperature)
         return {"loss": loss, "loss_contrast": loss.detach()}
