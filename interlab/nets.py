@@ -254,6 +254,11 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
                 f"batch size {batch} is not divisible by num_splits={splits}; "
                 "expected a multiple of num_splits"
             )
+        if input.numel() // (splits * channels) < 2:
+            raise ValueError(
+                f"expected more than 1 value per channel in each of the {splits} groups, got "
+                f"input of size {tuple(input.shape)}"
+            )
         if torch.compiler.is_compiling():  # the compiler fuses the plain arithmetic itself
             output, mean, var = _group_batch_norm(input, self.weight, self.bias, splits, self.eps)
         else:
@@ -319,20 +324,20 @@ def _group_batch_norm(
 
 class _GroupBatchNorm(torch.autograd.Function):
     """Batch norm with statistics per (group, channel), the groups being contiguous chunks of
-    samples, with the backward written out: 2-3 full-size kernels each way (autograd
-    through the same arithmetic records about 25 ops) and an output that is no view, so the
-    network's in-place ReLU and residual add cost no copy in the backward. The statistics and
-    per-channel factors are float32 whatever the activations' dtype (as cuDNN's batch norm
-    keeps them); the full-size tensors stay in the activations' dtype and memory format.
-    Per-channel tensors are (G, 1, C, 1, 1), broadcast against the (G, B/G, C, H, W) view."""
+    samples, with the backward written out (autograd through the same arithmetic records
+    about 25 ops) and an output that is no view, so the network's in-place ReLU and residual
+    add cost no copy in the backward. Statistics, per-channel factors and every element's
+    arithmetic are float32 whatever the activations' dtype (as cuDNN's batch norm computes):
+    bf16 activations are read, and their results written, as bf16. Centring before the
+    products keeps a large mean from cancelling precision away. Per-channel tensors are
+    (G, 1, C, 1, 1), broadcast against the (G, B/G, C, H, W) view."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, splits, eps):
-        channels, dtype = input.shape[1], input.dtype
-        exact = torch.promote_types(dtype, torch.float32)
+        channels = input.shape[1]
         grouped = _grouped(input, splits)
-        var, mean = torch.var_mean(grouped, dim=_SAMPLE_DIMS, keepdim=True, correction=0)
-        mean, var = mean.to(exact), var.to(exact)
+        exact = torch.promote_types(input.dtype, torch.float32)
+        var, mean = torch.var_mean(grouped.to(exact), dim=_SAMPLE_DIMS, keepdim=True, correction=0)
         rstd = torch.rsqrt(var + eps)
         scale, shift = rstd, -mean * rstd
         if weight is not None:
@@ -340,7 +345,8 @@ class _GroupBatchNorm(torch.autograd.Function):
             scale = rstd * weight
             shift = torch.addcmul(bias.view_as(weight), mean, scale, value=-1.0)
         output = torch.empty_like(input)
-        torch.addcmul(shift.to(dtype), grouped, scale.to(dtype), out=_grouped(output, splits))
+        # float32 factors against the activations: computed in float32, stored in their dtype
+        torch.addcmul(shift, grouped, scale, out=_grouped(output, splits))
         ctx.save_for_backward(input, weight, mean, rstd)
         ctx.splits = splits
         ctx.mark_non_differentiable(mean, var)
@@ -349,22 +355,21 @@ class _GroupBatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_mean, _grad_var):
         input, weight, mean, rstd = ctx.saved_tensors
-        splits, dtype, exact = ctx.splits, input.dtype, mean.dtype
+        splits, exact = ctx.splits, mean.dtype
         count = input.numel() // mean.numel()
-        dy, x = _grouped(grad_output, splits), _grouped(input, splits)
-        sum_dy = dy.sum(dim=_SAMPLE_DIMS, keepdim=True, dtype=exact)
-        sum_dy_x = (dy * x).sum(dim=_SAMPLE_DIMS, keepdim=True, dtype=exact)
-        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1.0).mul_(rstd)
+        dy = _grouped(grad_output, splits).to(exact)
+        centred = _grouped(input, splits).to(exact) - mean
+        sum_dy = dy.sum(dim=_SAMPLE_DIMS, keepdim=True)
+        sum_dy_xhat = (dy * centred).sum(dim=_SAMPLE_DIMS, keepdim=True).mul_(rstd)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # dx = w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = a * dy + b * x + c
+            # dx = w * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = a * dy + b * (x - mean) + c
             a = rstd if weight is None else rstd * weight
             b = (a * rstd).mul_(sum_dy_xhat).mul_(-1.0 / count)
-            c = torch.addcmul((a * sum_dy).mul_(-1.0 / count), b, mean, value=-1.0)
+            c = (a * sum_dy).mul_(-1.0 / count)
             grad_input = torch.empty_like(grad_output)
-            grouped = _grouped(grad_input, splits)
-            torch.addcmul(c.to(dtype), dy, a.to(dtype), out=grouped)
-            grouped.addcmul_(x, b.to(dtype))
+            partial = torch.addcmul(c, dy, a)
+            torch.addcmul(partial, centred, b, out=_grouped(grad_input, splits))
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = sum_dy_xhat.sum(dim=0).flatten().to(weight.dtype)
         if ctx.needs_input_grad[2]:

@@ -52,6 +52,10 @@ from interlab.step_graph import GraphedStep
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer", "load_trained", "read_metrics", "train"]
 
 
+# What a checkpoint's optimiser state must not change: the kernels this run steps with.
+OPTIMIZER_KERNEL_KEYS = ("fused", "foreach")
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint was kept."""
 
@@ -158,11 +162,14 @@ class Trainer:
             return self.config.lr
         return torch.tensor(self.config.lr, dtype=torch.float32, device=self.device)
 
-    def _lr_as_this_run_keeps_it(self) -> None:
-        """A checkpoint brings its own learning-rate objects (a float, or a graphed run's
-        tensor): make them this run's kind again, so a graphed step reads a tensor it fills
-        (a float would be baked into the graph) and an eager run a plain float."""
-        for group in self.optimizer.param_groups:
+    def _optimizer_as_this_run_keeps_it(self, kernels: list[dict[str, Any]]) -> None:
+        """A checkpoint brings its own optimiser settings: the kernels it stepped with (a CPU
+        run's multi-tensor SGD, an older run's default) and its learning-rate objects (a float,
+        or a graphed run's tensor). Put back this run's `kernels`, and make the rate this
+        run's kind: a graphed step needs fused SGD reading a tensor it fills (a float would
+        be baked into the graph; multi-tensor SGD reads a tensor rate on the host)."""
+        for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
+            group.update(kernel)
             value = float(group["lr"])
             group["lr"] = value
             if self.config.cuda_graph:
@@ -234,8 +241,11 @@ class Trainer:
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint(path, self.device)
         self.method.load_state_dict(state["method"])
+        kernels = [
+            {k: g.get(k) for k in OPTIMIZER_KERNEL_KEYS} for g in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(state["optimizer"])
-        self._lr_as_this_run_keeps_it()
+        self._optimizer_as_this_run_keeps_it(kernels)
         self.epoch, self.step = state["epoch"], state["step"]
         reseed = self.config.seed * 1000 + 1 + self.rank + 7919 * self.epoch
         restore_rng(

@@ -1,5 +1,6 @@
 import json
 import math
+from copy import deepcopy
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_shuffled_keys_come_back_in_batch_order():
 def per_view_copy(moco):
     """A copy of `moco` whose encoders run one view per call, each with `split_bn` groups:
     the reference for the batched passes (one query pass and one key pass over both views)."""
-    copy = __import__("copy").deepcopy(moco)
+    copy = deepcopy(moco)
     for module in (*copy.encoder.modules(), *copy.key_encoder.modules()):
         if isinstance(module, nets.SplitBatchNorm2d):
             module.num_splits = moco.options.split_bn
@@ -74,11 +75,15 @@ def test_symmetric_loss_is_the_sum_of_both_directions():
     torch.testing.assert_close(moco.queue[:16], torch.cat([k2, k1]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["moco", "interclr"])
-def test_batched_views_give_the_losses_and_gradients_of_a_pass_per_view(method):
+@pytest.mark.parametrize(
+    ("method", "proj_bn"), [("moco", False), ("interclr", False), ("moco", True)]
+)
+def test_batched_views_give_the_losses_and_gradients_of_a_pass_per_view(method, proj_bn):
     """One query pass and one key pass over both views (2 x split_bn BN groups) against the
-    former four passes of one view each (split_bn groups each): same loss, same gradients."""
+    former four passes of one view each (split_bn groups each): same loss, same gradients.
+    With BN in the head (not split) the views keep a pass each, so it holds there too."""
     keys = {"symmetric": True, "shuffle_keys": False, "split_bn": 4, "queue_size": 64}
+    keys["proj_bn"] = proj_bn
     if method == "interclr":
         keys = {**keys, "inter_warmup_epochs": 1, "epochs": 2}  # the intra branch alone
         model = build_method(
@@ -104,6 +109,7 @@ def test_batched_views_give_the_losses_and_gradients_of_a_pass_per_view(method):
         model.encoder.named_parameters(), reference.encoder.parameters(), strict=True
     ):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert model.batched_views is not proj_bn
     # the groups really are per view: one BN over both views would give another loss
     pooled = per_view_copy(model)
     for module in pooled.encoder.modules():

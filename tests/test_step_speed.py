@@ -89,7 +89,7 @@ def test_a_step_makes_one_augmentation_call_and_one_pass_per_encoder(tmp_path, t
 def test_moco_step_stays_within_its_operator_budget():
     """A CIFAR-recipe MoCo step (ResNet-18, split BN 8, symmetric) issued 2,240 kernels and
     3,030 host dispatches before the batched passes, the grouped batch norm and fused
-    updates; now about 1,050 and 2,160 (the bare backbone step: 160 and 230). The budget
+    updates; now about 1,030 and 2,000 (the bare backbone step: 160 and 230). The budget
     fails on a return to per-view passes or to copying batch norm."""
     import argparse
 
@@ -109,15 +109,45 @@ def test_training_step_config_accepts_cuda_graph_key():
         build_config({"cuda_graph": "yes"})
 
 
-def test_a_resumed_run_keeps_its_own_kind_of_learning_rate(tmp_path, tiny_npz):
-    """A checkpoint's float rate resumed by a graphed run must become a tensor again (a float
-    would be baked into the captured graph, the schedule lost), and a graphed run's tensor
-    rate resumed eagerly a float."""
+def test_a_resumed_run_keeps_its_own_optimiser_kernels_and_kind_of_learning_rate(
+    tmp_path, tiny_npz
+):
+    """A checkpoint's optimiser state carries the kernels and rate objects of the run that
+    wrote it. Resumed by a graphed run, a float rate must become a tensor again (a float
+    would be baked into the captured graph, the schedule lost) and the SGD stay fused (a
+    CPU checkpoint's multi-tensor SGD reads a tensor rate on the host, a sync the capture
+    refuses); resumed eagerly, a graphed run's tensor rate becomes a float."""
     trainer = Trainer(cpu_config(tmp_path, f"npz:{tiny_npz}"), progress=False)
     group = trainer.optimizer.param_groups[0]
-    group["lr"] = torch.tensor(0.03)
-    trainer._lr_as_this_run_keeps_it()
+    group.update(lr=torch.tensor(0.03), foreach=None)  # as a foreign checkpoint would load
+    trainer._optimizer_as_this_run_keeps_it([{"fused": None, "foreach": True}])
     assert isinstance(group["lr"], float) and group["lr"] == pytest.approx(0.03)
+    assert group["foreach"] is True
     trainer.config.cuda_graph = True
-    trainer._lr_as_this_run_keeps_it()
+    group.update(foreach=True, fused=None)
+    trainer._optimizer_as_this_run_keeps_it([{"fused": True, "foreach": None}])
     assert isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(0.03)
+    assert (group["fused"], group["foreach"]) == (True, None)
+
+
+def test_resume_keeps_the_runs_optimizer_kernels(tmp_path, tiny_npz):
+    """Through a real checkpoint: a run's SGD flags survive load_state_dict of a state saved
+    with other flags."""
+    config = cpu_config(tmp_path, f"npz:{tiny_npz}", epochs=1)
+    Trainer(config, progress=False).fit()
+    checkpoint = tmp_path / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=False)
+    for group in state["optimizer"]["param_groups"]:
+        group["foreach"] = None  # as an older interlab wrote it
+    torch.save(state, checkpoint)
+    resumed = Trainer(cpu_config(tmp_path, f"npz:{tiny_npz}", epochs=2), progress=False)
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.optimizer.param_groups[0]["foreach"] is True
+
+
+def test_only_methods_whose_step_never_syncs_may_be_graphed():
+    """MoCo and SimCLR; subclasses of MoCo with host work in their steps say no themselves."""
+    from interlab.methods import METHOD_NAMES, method_class
+
+    safe = {name for name in METHOD_NAMES if method_class(name).graph_safe}
+    assert safe == {"moco", "simclr"}

@@ -106,6 +106,7 @@ class CycleContrast(MoCo):
 
     name = "cyclecontrast"
     options_class = CycleContrastOptions
+    graph_safe = False  # frames shards read the drawn frames' rows back on the host
 
     def __init__(
         self,

@@ -78,9 +78,10 @@ class MoCo(Method):
         self.encoder = build_encoder(setup, options)
         # On one device the views of a step share one encoder call (batched_views), each view
         # keeping its own `split_bn` BN groups, as each GPU's BN would see one view's sub-batch.
-        self.batched_views = world_size() == 1
-        if self.batched_views:
-            groups = options.split_bn * self.directions
+        # A BN in the head is not split: it would pool the views, so they keep a pass each.
+        self.batched_views = world_size() == 1 and not options.proj_bn
+        if world_size() == 1:
+            groups = options.split_bn * (self.directions if self.batched_views else 1)
             if groups > 1:
                 convert_split_batchnorm(self.encoder, groups)
         self.key_encoder = make_momentum_copy(self.encoder)
