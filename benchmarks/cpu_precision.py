@@ -48,7 +48,7 @@ def step_rate(method: str, setting: str, args: argparse.Namespace) -> float:
     keys.update(SETTINGS[setting])
     keys.update(
         data="cifar10-mini", device="cpu", backbone="convnet", cifar_stem=False,
-        batch_size=args.batch_size, out=f"benchmarks/out/cpu_precision/{method}",
+        batch_size=args.batch_size, out=f"benchmarks/scratch/cpu_precision/{method}",
     )  # fmt: skip
     if method == "cyclecontrast":  # both queues under the mini set's 5,000-image epoch
         keys.update(cycle_queue_size=2048, support_size=512, queue_size=2048)
@@ -61,7 +61,7 @@ def step_rate(method: str, setting: str, args: argparse.Namespace) -> float:
 
 def quickstart_knn(setting: str, seed: int) -> dict[str, float]:
     """The quickstart's CPU run (ConvNet, 20 epochs, mini data) under one setting."""
-    out = f"benchmarks/out/cpu_precision/quickstart_{setting}_{seed}"
+    out = f"benchmarks/scratch/cpu_precision/quickstart_{setting}_{seed}"
     overrides = {**SETTINGS[setting], "seed": seed}
     config = quickstart_config(device="cpu", out_dir=out, overrides=overrides)
     start = time.perf_counter()

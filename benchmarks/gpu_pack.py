@@ -18,7 +18,7 @@ runs as a subprocess whose timeout is the budget left, and a failure (a missing 
 included) is recorded and the queue goes on.
 
 Long training runs are sliced with `--stop-after-epochs` into items that resume one run folder
-(benchmarks/out/gpu_pack/RUN). That folder (its checkpoint is over 100 MB) cannot leave the
+(benchmarks/scratch/gpu_pack/RUN). That folder (its checkpoint is over 100 MB) cannot leave the
 machine, so a run must finish within one call: its first slice starts only when all its slices
 fit the budget left, and on a fresh machine an unfinished run starts over from its first slice.
 """
@@ -62,7 +62,7 @@ MIN_ITEM_LOG_CHARS = 64 << 10
 # none imports papermill or widgets.
 OTHER_GPU_TEST_FILES = ["tests/test_augment.py", "tests/test_data.py"]
 COMPILE_TESTS = "every_method_trains_on_cuda"  # the torch.compile tests of tests/test_gpu.py
-RUNS = ROOT / "benchmarks" / "out" / "gpu_pack"  # git-ignored: run folders that slices resume
+RUNS = ROOT / "benchmarks" / "scratch" / "gpu_pack"  # git-ignored: run folders that slices resume
 BEGIN = "<!-- gpu-pack:begin -->"
 END = "<!-- gpu-pack:end -->"
 
@@ -631,7 +631,7 @@ def training_items(
     slice_epochs: int = SLICE_EPOCHS,
     runs: Path = RUNS,
 ) -> list[Item]:
-    """`interlab train` of a named config, sliced into items that resume benchmarks/out/gpu_pack/RUN."""
+    """`interlab train` of a named config, sliced into items that resume benchmarks/scratch/gpu_pack/RUN."""
     run_dir = runs / run
     command = [PYTHON, "-m", "interlab", "train", "--config", config, "--data", data]
     command += ["--epochs", str(epochs), "--device", "cuda", "--no-progress"]
@@ -807,7 +807,19 @@ def outcome(record: Record) -> str:
 def provenance(record: Record) -> str:
     took = f", {record['duration_s']:.0f} s" if "duration_s" in record else ""
     when = f"{record['device']}, torch {record['torch']}, {record['date'][:10]}{took}"
-    return f"- `{record['item']}` ({when}): `{record['command']}`"
+    return f"- `{record['item']}` ({when}): `{shown_command(record['command'])}`"
+
+
+def shown_command(command: str) -> str:
+    """A record's command as a reader reruns it: `python3` for the GPU machine's interpreter
+    path, without the pack's scratch run folder (`--out`, see RUNS)."""
+    parts = shlex.split(command)
+    if parts and Path(parts[0]).name.startswith("python"):
+        parts[0] = "python3"
+    if "--out" in parts:
+        at = parts.index("--out")
+        del parts[at : at + 2]
+    return shlex.join(parts)
 
 
 def is_lines(value: Any) -> bool:

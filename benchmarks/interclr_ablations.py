@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--data", default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--out", default="benchmarks/out/interclr_ablations")
+    parser.add_argument("--out", default="benchmarks/scratch/interclr_ablations")
     parser.add_argument("--only", nargs="*", choices=tuple(VARIANTS), default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     args = parser.parse_args()

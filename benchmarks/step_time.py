@@ -33,7 +33,7 @@ def trainer_for(config_name: str, args: argparse.Namespace, out: str = "step_tim
         batch_size=args.batch_size,
         backbone=args.backbone,
         cifar_stem=args.cifar_stem,
-        out=f"benchmarks/out/{out}_{config_name}",
+        out=f"benchmarks/scratch/{out}_{config_name}",
     )
     if getattr(args, "amp", None) is not None:
         keys["amp"] = args.amp

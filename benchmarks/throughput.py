@@ -105,7 +105,7 @@ def main() -> None:
         cuda_graph=args.cuda_graph,
         backbone=args.backbone,
         cifar_stem=args.cifar_stem,
-        out="benchmarks/out/throughput",
+        out="benchmarks/scratch/throughput",
     )
     trainer = Trainer(build_config(keys), progress=False)
     moco = training_step_rate(trainer, args.steps, args.warmup)

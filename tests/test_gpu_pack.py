@@ -403,7 +403,15 @@ def test_default_queue_order_and_commands_fit_the_gpu_machine(pack):
         parts = [item.slice for item in items if item.slice and item.slice.run == run]
         assert [p.start for p in parts] == [0, *(p.stop for p in parts[:-1])]
         assert parts[-1].stop == parts[-1].epochs and all(p.stop % 10 == 0 for p in parts)
-        assert parts[0].run_dir.is_relative_to(ROOT / "benchmarks" / "out")
+        assert parts[0].run_dir.is_relative_to(ROOT / "benchmarks" / "scratch")
     # Measured step rates replace the guessed epoch time in the training estimates.
     measured = [{"item": "moco_throughput", "status": "ok", "figures": {"cifar10_epoch_s": 2.0}}]
     assert items[16].estimate(measured) == pytest.approx(pack.START_S + 50 * 2.0 * 1.1)
+
+
+def test_tables_show_commands_as_a_reader_reruns_them(pack):
+    """The GPU machine's interpreter path reads as python3 and the pack's scratch run folder
+    (`--out`) is left out; every other argument stays, in order."""
+    recorded = "/opt/x/.venv/bin/python3 -m interlab train --config c --out runs/a --epochs 5"
+    assert pack.shown_command(recorded) == "python3 -m interlab train --config c --epochs 5"
+    assert pack.shown_command("bash -c 'echo hi'") == "bash -c 'echo hi'"
