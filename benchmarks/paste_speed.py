@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
+from throughput import time_steps
 
 from interlab.data.shards import paste_padded
 
@@ -42,15 +42,7 @@ def paste_per_image(images, sizes: np.ndarray, device: torch.device) -> torch.Te
 
 
 def seconds_per_call(paste, images, sizes, device: torch.device, repeats: int) -> float:
-    paste(images, sizes, device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        paste(images, sizes, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeats
+    return time_steps(lambda: paste(images, sizes, device), repeats, 1, device)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import torch
 from interlab.config import build_config, load_named_config
 from interlab.devices import resolve_device
 from interlab.nets import build_backbone
+from interlab.optim import build_optimizer
 from interlab.train import Trainer
 
 
@@ -64,7 +65,7 @@ def bare_step(trainer: Trainer):
     )
     if precision.compile:
         net.compile()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, foreach=True)
+    optimizer = build_optimizer(net, "sgd", 0.01, momentum=0.9, weight_decay=0.0)  # as trained
     size = trainer.train_set.image_size
     views = precision.images(torch.randn(2 * config.batch_size, 3, size, size, device=device))
 

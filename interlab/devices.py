@@ -136,10 +136,6 @@ def run_precision(config: Any, device: torch.device) -> Precision:
 
 # ---- process-wide CUDA settings ----------------------------------------------------------------
 
-# cuBLAS reads its workspace setting once, when a process makes its first handle; this fixed
-# workspace (32 MiB, torch's default size on Hopper GPUs) makes its results repeatable.
-# interlab/__init__.py sets it at import, before any CUDA work; a value set by the user wins.
-CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
@@ -175,11 +171,11 @@ def configure_backends(device: torch.device, deterministic: bool = False) -> Non
     covers the networks; TF32 speeds what runs in fp32, k-means included) and cuDNN autotune.
 
     `deterministic` trades that speed for runs that repeat bit for bit: autotune picks
-    kernels by timing, so two runs (or a run and its resumed copy) may take different ones."""
+    kernels by timing, so two runs (or a run and its resumed copy) may take different ones.
+    It also needs cuBLAS's fixed workspace, which importing interlab sets (interlab/__init__.py)
+    before any CUDA work."""
     if device.type != "cuda":
         return
-    if deterministic:  # in case interlab's import did not (see CUBLAS_DETERMINISTIC_WORKSPACE)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
     set_tf32(not deterministic)

@@ -116,7 +116,7 @@ class Trainer:
         self.method = self._build_method()
         self.model = self._wrap_distributed(self.method)
         self.optimizer = build_optimizer(
-            self.method, config.optimizer, self._base_lr(), config.sgd_momentum,
+            self.method, config.optimizer, self._lr_of_this_run(config.lr), config.sgd_momentum,
             config.weight_decay,
         )  # fmt: skip
         self.order_generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -156,11 +156,12 @@ class Trainer:
             method.compile_networks()
         return method
 
-    def _base_lr(self) -> float | Tensor:
-        """A graphed step reads its learning rate from the device: a tensor, filled per step."""
+    def _lr_of_this_run(self, value: float) -> float | Tensor:
+        """A graphed step reads its learning rate from the device: a tensor, filled per step;
+        an eager step takes a plain float."""
         if not self.config.cuda_graph:
-            return self.config.lr
-        return torch.tensor(self.config.lr, dtype=torch.float32, device=self.device)
+            return value
+        return torch.tensor(value, dtype=torch.float32, device=self.device)
 
     def _optimizer_as_this_run_keeps_it(self, kernels: list[dict[str, Any]]) -> None:
         """A checkpoint brings its own optimiser settings: the kernels it stepped with (a CPU
@@ -169,11 +170,7 @@ class Trainer:
         run's kind: a graphed step needs fused SGD reading a tensor it fills (a float would
         be baked into the graph; multi-tensor SGD reads a tensor rate on the host)."""
         for group, kernel in zip(self.optimizer.param_groups, kernels, strict=True):
-            group.update(kernel)
-            value = float(group["lr"])
-            group["lr"] = value
-            if self.config.cuda_graph:
-                group["lr"] = torch.tensor(value, dtype=torch.float32, device=self.device)
+            group.update(kernel, lr=self._lr_of_this_run(float(group["lr"])))
 
     def _graphed_step(self) -> GraphedStep:
         """The step body captured as a CUDA graph; refused, naming why, where it cannot be."""

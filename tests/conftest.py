@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,9 @@ import torch
 
 from interlab.config import build_config
 from interlab.data import load_dataset, write_npz
-from interlab.devices import CUBLAS_DETERMINISTIC_WORKSPACE
 
 torch.set_num_threads(2)
-# Before any test's first CUDA matmul (cuBLAS reads it once per process), so the GPU tests'
-# deterministic runs hold whatever ran before them; importing interlab sets it too.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+# CUBLAS_WORKSPACE_CONFIG is set by importing interlab (above), before any test's CUDA work.
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +86,20 @@ def assert_same_state(expected: dict, got: dict, exact: tuple[str, ...] = ()) ->
         assert torch.equal(expected[name], got[name]), name
     for name, value in expected.items():
         assert torch.allclose(value.float(), got[name].float(), atol=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def frames_shards(tmp_path_factory) -> Path:
+    """`prepare --frames` of 24 short videos of one gliding shape each (real video ids)."""
+    from interlab.data.prepare import prepare
+    from interlab.videos import write_moving_shapes
+
+    root = tmp_path_factory.mktemp("frames")
+    write_moving_shapes(root / "videos", videos=24)
+    prepare(root / "videos", root / "shards", frames=True, max_side=64, progress=False)
+    return root / "shards"
+
+
+def tensors_of(thing) -> dict[str, torch.Tensor]:
+    """The tensor attributes of an object (a set's tables, an index's), by name."""
+    return {name: value for name, value in vars(thing).items() if isinstance(value, torch.Tensor)}

@@ -115,17 +115,18 @@ def test_torch_kmeans_on_cuda_matches_cpu():
 def test_nvjpeg_decodes_the_compact_format_like_pillow():
     """nvJPEG's IDCT and chroma upsampling differ from libjpeg's in the last bits: a mean
     absolute difference under 1.5 grey levels (1.20 measured on an H200, torch 2.11,
-    2026-11-30) and 99.9% of the values within 24. The maximum is not bounded: chroma
-    upsampling differences concentrate on a few colour edges (nearest against libjpeg's
-    triangle filter on these images, simulated on a CPU: mean 1.04, 99.9th percentile 16,
-    maximum 40), and the first H200 run failed the old bound of 24 on the maximum."""
+    2026-11-30) and 99.9% of the values within 24. The maximum is bounded loosely (128, half
+    the range: a wrong decode of any block breaks it): chroma upsampling differences
+    concentrate on a few colour edges (nearest against libjpeg's triangle filter on these
+    images, simulated on a CPU: mean 1.04, 99.9th percentile 16, maximum 40), and the first
+    H200 run failed the old bound of 24 on the maximum."""
     on_cpu = read_npz(MINI_FILE, "test").images
     on_cuda = read_npz(MINI_FILE, "test", decode_device="cuda").images
     assert on_cuda.device.type == "cuda" and on_cuda.shape == on_cpu.shape
     difference = (on_cuda.cpu().int() - on_cpu.int()).abs().flatten().float()
     mean, tail, worst = difference.mean(), difference.quantile(0.999), difference.max()
     measured = f"mean {mean:.3f}, 99.9th percentile {tail:.0f}, max {worst:.0f}"
-    assert mean < 1.5 and tail <= 24, measured
+    assert mean < 1.5 and tail <= 24 and worst <= 128, measured
 
 
 def test_knn_on_cuda_predicts_what_cpu_predicts():

@@ -20,7 +20,7 @@ from interlab.data.prepare import prepare
 from interlab.data.shards import ShardSet, paste_on_host, paste_padded
 from interlab.sampling import NEGATIVE_STRATEGIES
 from interlab.train import Trainer
-from interlab.videos import write_moving_shapes
+from tests.conftest import tensors_of
 
 pytestmark = [
     pytest.mark.gpu,
@@ -42,15 +42,6 @@ def image_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-@pytest.fixture(scope="module")
-def frames_shards(tmp_path_factory) -> Path:
-    """Frames of 24 short videos, with their video ids: the frames shards path."""
-    root = tmp_path_factory.mktemp("frames")
-    write_moving_shapes(root / "videos", videos=24)
-    prepare(root / "videos", root / "shards", frames=True, max_side=64, progress=False)
-    return root / "shards"
-
-
 def cuda_config(shards: Path, out: Path, **keys):
     """Three steps of 16 at 32 px on the small ConvNet: the path, not the model, is tested."""
     base = {
@@ -58,10 +49,6 @@ def cuda_config(shards: Path, out: Path, **keys):
         "batch_size": 16, "max_steps_per_epoch": 3, "knn_k": 10, "aug.size": 32, "out": str(out),
     }  # fmt: skip
     return build_config({**base, **keys})
-
-
-def tensors_of(thing) -> dict[str, torch.Tensor]:
-    return {name: value for name, value in vars(thing).items() if isinstance(value, torch.Tensor)}
 
 
 def off_cuda(tables: dict[str, torch.Tensor]) -> list[str]:

@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
+from interlab import CUBLAS_DETERMINISTIC_WORKSPACE
 from interlab.augment import Augment, AugmentConfig
 from interlab.augment.exact import full_float32
 from interlab.config import build_config
 from interlab.devices import (
-    CUBLAS_DETERMINISTIC_WORKSPACE,
     configure_backends,
     full_precision,
     matmul_precision,

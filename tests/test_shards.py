@@ -23,6 +23,7 @@ from interlab.data import load_dataset
 from interlab.data.prepare import prepare
 from interlab.data.shards import ShardSet, centre_boxes, paste_on_host, paste_padded
 from interlab.train import CHECKPOINT_NAME, Trainer, train
+from tests.conftest import tensors_of
 from tests.test_prepare import make_tree
 
 SIZE = 32  # training crops: small enough for a CPU test
@@ -35,17 +36,6 @@ def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "out"
     prepare(root, out, max_side=96, workers=1, shard_images=40, progress=False)
     return out
-
-
-@pytest.fixture(scope="module")
-def frames_shards(tmp_path_factory):
-    """`prepare --frames` of 24 short videos of one gliding shape each (real video ids)."""
-    from interlab.videos import write_moving_shapes
-
-    root = tmp_path_factory.mktemp("frames")
-    write_moving_shapes(root / "videos", videos=24)
-    prepare(root / "videos", root / "shards", frames=True, max_side=64, progress=False)
-    return root / "shards"
 
 
 def test_reader_gives_labels_sizes_and_pillow_identical_pixels(shards):
@@ -353,10 +343,6 @@ def test_only_rows_a_method_decodes_are_prefetched():
 
 
 # ---- every table on the run's device, and a step that never waits for it ---------------------
-
-
-def tensors_of(thing) -> dict[str, torch.Tensor]:
-    return {name: value for name, value in vars(thing).items() if isinstance(value, torch.Tensor)}
 
 
 def test_to_moves_every_table_with_the_set(shards, frames_shards):

@@ -33,7 +33,7 @@ from interlab.lab.slurm import (
     slurm_parameters,
     submit_sweep,
 )
-from interlab.lab.sweep import read_status, sweep_states
+from interlab.lab.sweep import RunExecutor, read_status, sweep_states
 from tests.test_sweep import (  # noqa: F401 (the fixtures)
     fake_notebooks,
     most_at_once,
@@ -324,6 +324,7 @@ def test_a_task_runs_its_runs_side_by_side_and_skips_finished_ones(
     three runs execute at once, each records the device it shared, a failing one is recorded
     while the others finish, and the requeued task runs only what is unfinished."""
     fake_notebooks.fail = True
+    fake_notebooks.together, fake_notebooks.expected = 3, 3
     sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 2, 3]}))
     settings = cluster_settings({"gpus_per_run": 1, "runs_per_gpu": 3, "cpus_per_run": 1})
     (task,) = array_jobs(sweep, sweep.runs, tmp_path / "out", settings)
@@ -331,11 +332,30 @@ def test_a_task_runs_its_runs_side_by_side_and_skips_finished_ones(
     assert [s["state"] for s in statuses] == ["done", "failed", "done"], statuses
     assert [(s["device"], s["runs_on_device"]) for s in statuses] == [("cpu", 3)] * 3
     assert fake_notebooks.most == {"cpu": 3} and most_at_once(statuses) == 3
-    fake_notebooks.fail = False
+    fake_notebooks.fail, fake_notebooks.together = False, None
     (again,) = task()  # requeued: the finished runs are skipped
     assert again["run"] == "a=2-seed0" and again["state"] == "done"
     assert again["runs_on_device"] == 1
     assert fake_notebooks.executed[3:] == ["a=2-seed0"]
+
+
+def test_a_run_s_crash_in_a_task_fails_the_task_with_its_error(
+    toy_notebook,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """An exception in one of a task's run threads (not a notebook's failure, which is
+    recorded) must fail the task, so SLURM records FAILED with the traceback."""
+    sweep = sweep_from_spec(toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3]}))
+    settings = cluster_settings({"gpus_per_run": 1, "runs_per_gpu": 2, "cpus_per_run": 1})
+    (task,) = array_jobs(sweep, sweep.runs, tmp_path / "out", settings)
+
+    def crash(self, run, run_dir, device, placement):
+        raise OSError(f"disk full while starting {run.name}")
+
+    monkeypatch.setattr(RunExecutor, "execute", crash)
+    with pytest.raises(OSError, match="disk full while starting a=1-seed0"):
+        task()
 
 
 def test_runs_sharing_a_task_are_active_while_its_job_is(tmp_path, monkeypatch):

@@ -415,11 +415,17 @@ def test_stopping_a_running_notebook_leaves_no_status(toy_notebook, tmp_path):
 
 class FakeNotebooks:
     """Papermill's stand-in: each run sleeps, then writes metrics.json (or fails for a=2 while
-    `fail` is set); it counts the runs alive at once on each device."""
+    `fail` is set); it counts the runs alive at once on each device.
+
+    With `together` N, a run also stays alive until N runs are alive at once (or every one of
+    the `expected` runs has started): the overlap a test asserts is then made to happen, not
+    hoped for from sleeps on a loaded machine. The scheduler still decides who may start."""
 
     def __init__(self, seconds: float = 0.3) -> None:
         self.seconds, self.fail = seconds, False
-        self.lock = threading.Lock()
+        self.together: int | None = None
+        self.expected = 0
+        self.lock = threading.Condition()
         self.alive: Counter[str] = Counter()
         self.most: Counter[str] = Counter()
         self.most_in_all = 0
@@ -432,6 +438,9 @@ class FakeNotebooks:
             self.most[device] = max(self.most[device], self.alive[device])
             self.most_in_all = max(self.most_in_all, sum(self.alive.values()))
             self.executed.append(run_dir.name)
+            self.lock.notify_all()
+            if self.together is not None:
+                self.lock.wait_for(self._enough_together, timeout=30)
         time.sleep(self.seconds)
         with self.lock:
             self.alive[device] -= 1
@@ -440,6 +449,9 @@ class FakeNotebooks:
             return 1
         (run_dir / "metrics.json").write_text(json.dumps({"knn_top1": 0.5}))
         return 0
+
+    def _enough_together(self) -> bool:
+        return sum(self.alive.values()) >= self.together or len(self.executed) >= self.expected
 
 
 @pytest.fixture
@@ -475,7 +487,7 @@ def most_at_once(statuses: list[dict], device: str | None = None) -> int:
 
 
 def test_k_runs_share_the_cpu_at_once_and_never_more(toy_notebook, tmp_path, fake_notebooks):
-    fake_notebooks.seconds = 0.4
+    fake_notebooks.together, fake_notebooks.expected = 3, 7
     spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5, 6, 7, 8]})
     statuses = run_sweep(
         sweep_from_spec(spec), tmp_path / "s", runs_per_device=3, progress=False,
@@ -492,6 +504,7 @@ def test_k_runs_share_the_cpu_at_once_and_never_more(toy_notebook, tmp_path, fak
 
 
 def test_k_runs_on_each_listed_device(toy_notebook, tmp_path, fake_notebooks):
+    fake_notebooks.together, fake_notebooks.expected = 4, 8
     spec = toy_spec(toy_notebook, tmp_path, grid={"a": [1, 3, 4, 5, 6, 7, 8, 9]})
     statuses = run_sweep(
         sweep_from_spec(spec), tmp_path / "s", devices=["cuda:0", "cuda:1"],
@@ -510,6 +523,7 @@ def test_without_devices_each_run_shares_its_own_device_k_at_once(
 ):
     """Four CPU runs first, then four on cuda:1: the pool has four workers, but the CPU
     takes two at a time while the GPU's runs wait for their own turn."""
+    fake_notebooks.together, fake_notebooks.expected = 2, 8
     spec = toy_spec(toy_notebook, tmp_path, grid={"device": ["cpu", "cuda:1"], "a": [1, 3, 4, 5]})
     statuses = run_sweep(
         sweep_from_spec(spec), tmp_path / "s", runs_per_device=2, progress=False,
@@ -686,3 +700,15 @@ def test_cli_refuses_bad_sharing_flags(toy_notebook, tmp_path, capsys, flags, me
     assert main(["sweep", str(grid), "--out", str(tmp_path / "x"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_listed_devices_take_runs_per_device_not_workers(toy_notebook, tmp_path):
+    """With --devices, `workers` would be ambiguous (in all, or per device?): refused by name;
+    runs_per_device defaults to one run per listed device, as before devices could be shared."""
+    from interlab.lab.sweep import runs_at_once
+
+    assert runs_at_once(1, None, ["cuda:0", "cuda:1"]) == 1
+    assert runs_at_once(1, 3, ["cuda:0"]) == 3
+    assert runs_at_once(4, None) == 4
+    with pytest.raises(ValueError, match=r"with devices \(cuda:0, cuda:1\) give runs_per_device"):
+        runs_at_once(4, None, ["cuda:0", "cuda:1"])

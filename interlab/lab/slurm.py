@@ -14,8 +14,8 @@ import os
 import re
 import socket
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -169,19 +169,16 @@ class NotebookJob:
             resolve_run_device(str(run.parameters.get("device") or self.default_device))
             for run, _ in todo
         ]  # on the node: cuda:0 is the task's GPU
-        statuses: list[Status | None] = [None] * len(todo)
 
-        def execute(index: int) -> None:
+        def execute(index: int) -> Status | None:
             run, run_dir = todo[index]
             placement = task_placement(devices[index], devices.count(devices[index]))
-            statuses[index] = executor.execute(run, run_dir, None, placement)
+            return executor.execute(run, run_dir, None, placement)
 
-        threads = [threading.Thread(target=execute, args=(i,)) for i in range(len(todo))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return statuses
+        # result() raises what a run's thread raised, so the task fails with its traceback
+        with ThreadPoolExecutor(max(1, len(todo))) as pool:
+            futures = [pool.submit(execute, index) for index in range(len(todo))]
+            return [future.result() for future in futures]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit

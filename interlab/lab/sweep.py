@@ -254,7 +254,7 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    per_device = runs_at_once(workers, runs_per_device)
+    per_device = runs_at_once(workers, runs_per_device, devices)
     need_gb = memory_need(per_device, min_free_gb)
     places = run_places(sweep, sweep.runs, devices, memory_probe)
     used = sorted({device for candidates in places.values() for device in candidates})
@@ -315,8 +315,12 @@ def prepare_sweep_folder(sweep: Sweep, out: str | Path) -> Path:
     return out
 
 
-def runs_at_once(workers: int, runs_per_device: int | None) -> int:
-    """Runs per device: `runs_per_device`, else `workers` (the CPU form of the same)."""
+def runs_at_once(
+    workers: int, runs_per_device: int | None, devices: list[str] | None = None
+) -> int:
+    """Runs per device: `runs_per_device`, else `workers` (the CPU form of the same); with
+    listed `devices`, 1 unless `runs_per_device` says otherwise (workers would be ambiguous:
+    in all, or per device?)."""
     for name, value in (("workers", workers), ("runs_per_device", runs_per_device)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{name} must be an int >= 1; got {value!r}")
@@ -327,6 +331,13 @@ def runs_at_once(workers: int, runs_per_device: int | None) -> int:
             f"give workers ({workers}) or runs_per_device ({runs_per_device}), not both: "
             "runs_per_device is the runs at once on each device, the CPU included"
         )
+    if devices and workers > 1:
+        raise ValueError(
+            f"with devices ({', '.join(devices)}) give runs_per_device, not workers ({workers}): "
+            "runs_per_device is the runs at once on each listed device"
+        )
+    if devices:
+        return runs_per_device or 1
     return runs_per_device or workers
 
 

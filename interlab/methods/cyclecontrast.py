@@ -106,7 +106,9 @@ class CycleContrast(MoCo):
 
     name = "cyclecontrast"
     options_class = CycleContrastOptions
-    graph_safe = False  # frames shards read the drawn frames' rows back on the host
+    graph_safe = (
+        False  # its step (frame draws, cycle diagnostics) is not checked free of host syncs
+    )
 
     def __init__(
         self,
