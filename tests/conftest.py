@@ -58,7 +58,7 @@ def mixed_train(mixed_npz):
 
 
 def cpu_config(out: Path, data: str, **overrides):
-    """A CPU-sized MoCo config: small ConvNet, small queue, kNN every epoch."""
+    """A CPU-sized config (MoCo unless `method=`): small ConvNet, small queue, kNN every epoch."""
     keys = {
         "method": "moco",
         "data": data,
@@ -75,6 +75,8 @@ def cpu_config(out: Path, data: str, **overrides):
         "log_every": 2,
     }
     keys.update(overrides)
+    if keys["method"] not in ("moco", "interclr", "cyclecontrast"):
+        keys.pop("queue_size", None)  # the methods without a queue
     return build_config(keys)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from interlab.config import build_config
 from interlab.optim import build_optimizer, set_lr
@@ -151,3 +152,56 @@ def test_only_methods_whose_step_never_syncs_may_be_graphed():
 
     safe = {name for name in METHOD_NAMES if method_class(name).graph_safe}
     assert safe == {"moco", "simclr"}
+
+
+HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim",
+                 "unique_consecutive", "repeat_interleave", "bincount"}  # fmt: skip
+
+
+class HostSyncs(TorchDispatchMode):
+    """Records the operators that make a GPU wait for the host or the host for the GPU: a
+    scalar read (`.item()`, `float(t)`, `if t:`), an output sized by the data (nonzero,
+    unique, bincount, boolean-mask indexing). On a CPU these cost nothing, but they are the
+    same operators a CUDA step would sync on, and a CUDA graph cannot capture them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if name in HOST_SYNC_OPS or (name.startswith("index") and _has_bool_index(args)):
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], list | tuple) else []
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
+def test_the_host_sync_detector_sees_scalar_reads_and_mask_indexing():
+    values = torch.arange(6.0)
+    with HostSyncs() as probe:
+        float(values.sum())
+        values[values > 2].sum()
+        values.square().mean()
+    assert sorted(probe.found) == ["_local_scalar_dense", "index"]
+
+
+@pytest.mark.parametrize("name", ["moco", "simclr"])
+def test_a_graph_safe_method_steps_without_host_syncs(tmp_path, tiny_npz, name):
+    """The promise `graph_safe` makes: the whole step body (views, forward, backward, SGD,
+    momentum update) reads nothing back on the host. The other methods are refused a graph
+    for the syncs this finds in theirs (InterCLR's online relabelling, the distillation
+    methods' pair masks and clip norms, CycleContrast's crop checks)."""
+    from interlab.methods import method_class
+
+    assert method_class(name).graph_safe
+    config = cpu_config(tmp_path, f"npz:{tiny_npz}", method=name)
+    trainer = Trainer(config, progress=False)
+    indices = torch.arange(config.batch_size)
+    trainer.step_body(indices)  # lazy state (optimiser buffers) on the first step
+    with HostSyncs() as probe:
+        trainer.step_body(indices)
+    assert probe.found == []
