@@ -26,7 +26,6 @@ fit the budget left, and on a fresh machine an unfinished run starts over from i
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import operator
 import os
@@ -191,7 +190,21 @@ def run_figures(stdout: str, item: Item) -> dict[str, Any]:
         for key in ("knn_top1", "knn_top1_head", "nmi", "false_negative_rate"):
             if key in last:
                 figures[key] = rounded(last, key)
+    if item.slice.study is not None and metrics[-1]["epoch"] >= item.slice.epochs:
+        figures["study_record"] = study_record(item.slice)
     return figures
+
+
+def study_record(part: Slice) -> dict[str, Any] | None:
+    """The finished run's record for its study (merged into benchmarks/results/studies/)."""
+    import torch
+
+    from interlab.lab.study import train_run_record
+
+    assert part.study is not None
+    study, arm, seed = part.study
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return train_run_record(study, arm, seed, part.run_dir, device)
 
 
 @dataclass(frozen=True)
@@ -203,6 +216,7 @@ class Slice:
     start: int
     stop: int
     epochs: int
+    study: tuple[str, str, int] | None = None  # (study, arm, seed) of a study's run
 
 
 @dataclass
@@ -649,15 +663,60 @@ def training_items(
     return items
 
 
-def study_variants() -> dict[str, dict[str, Any]]:
-    """The InterCLR study variants of benchmarks/interclr_ablations.py (one definition)."""
-    spec = importlib.util.spec_from_file_location(
-        "interclr_ablations", ROOT / "benchmarks" / "interclr_ablations.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.VARIANTS
+def study_items(study: str, data: str, runs: Path = RUNS) -> list[Item]:
+    """Every run of a GPU study (benchmarks/studies/STUDY.yaml: arms x seeds) as sliced
+    `interlab train` runs, seeds outermost so that a first allocation covers every arm once.
+    A run's last slice carries its study record, which `--merge` files under
+    benchmarks/results/studies/. The study file is read as YAML only (the GPU machine has no
+    notebook tools): base.overrides and each arm's overrides become `--set` pairs."""
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "benchmarks" / "studies" / f"{study}.yaml").read_text())
+    base = spec["base"]
+    items = []
+    for seed in spec["seeds"]:
+        for arm in spec["runs"]:
+            overrides = {**base.get("overrides", {}), **arm.get("overrides", {})}
+            command = [
+                PYTHON,
+                "-m",
+                "interlab",
+                "train",
+                "--method",
+                arm.get("method", base["method"]),
+            ]
+            command += ["--data", data, "--epochs", str(base["epochs"]), "--seed", str(seed)]
+            command += [
+                "--batch-size",
+                str(base["batch_size"]),
+                "--device",
+                "cuda",
+                "--no-progress",
+            ]
+            run = f"{study}/{arm['name']}-seed{seed}"
+            run_dir = runs / run
+            shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+            command += ["--out", str(shown)]
+            for key, value in overrides.items():
+                command += [
+                    "--set",
+                    f"{key}={value if isinstance(value, str) else json.dumps(value)}",
+                ]
+            items += sliced(run, run_dir, command, base["epochs"], (study, arm["name"], seed))
+    return items
+
+
+def sliced(
+    run: str, run_dir: Path, command: list[str], epochs: int, study: tuple[str, str, int]
+) -> list[Item]:
+    items = []
+    for start in range(0, epochs, SLICE_EPOCHS):
+        stop = min(start + SLICE_EPOCHS, epochs)
+        name = run if epochs <= SLICE_EPOCHS else f"{run}@{stop}"
+        part = Slice(run, run_dir, start, stop, epochs, study)
+        estimate = slice_estimate("interclr", stop - start)
+        items.append(Item(name, command, estimate, "training", run_figures, {}, part))
+    return items
 
 
 def gpu_test_files(root: Path = ROOT) -> list[str]:
@@ -747,14 +806,7 @@ def default_items(data: str = "npz:.gpudata/cifar10.npz") -> list[Item]:
     published = {"knn_top1_head": ">= 0.853"}  # the MoCo CIFAR-10 demo after 200 epochs
     items += training_items("moco_100ep", "moco_cifar10", 100, data)
     items += training_items("moco_200ep", "moco_cifar10", 200, data, goals=published)
-    items += training_items("interclr_100ep", "interclr_cifar10", 100, data)
-    for variant, changes in study_variants().items():
-        if variant in ("moco_v2", "interclr_default"):  # moco_100ep and interclr_100ep
-            continue
-        sets = tuple(
-            f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in changes.items()
-        )
-        items += training_items(f"interclr_100ep_{variant}", "interclr_cifar10", 100, data, sets)
+    items += study_items("interclr_gpu", data)
     return items
 
 
@@ -949,6 +1001,21 @@ def merge(source: Path, target: Path) -> int:
     return len(fresh)
 
 
+def merge_study_records(source: Path, studies: Path = ROOT / "benchmarks/results/studies") -> dict:
+    """File the study records that finished runs in `source` carry; {study: new records}."""
+    from interlab.lab.study import append_records
+
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for record in read_jsonl(source):
+        study_record_ = record.get("figures", {}).get("study_record")
+        if study_record_:
+            by_study.setdefault(study_record_["study"], []).append(study_record_)
+    return {
+        study: append_records(studies / f"{study}.jsonl", records)
+        for study, records in by_study.items()
+    }
+
+
 def merge_logs(source: Path, target: Path) -> list[Path]:
     """Copy the logs that `source`'s records name (found beside it, or under its logs/) to
     `target`'s logs/, where those records say they are; the copies made."""
@@ -1000,6 +1067,8 @@ def main(argv: list[str] | None = None) -> None:
         if not source.exists():
             parser.error(f"--merge: {source} does not exist")
         print(f"{merge(source, records_path)} new records in {records_path}")
+        for study, count in merge_study_records(source).items():
+            print(f"{count} new records in benchmarks/results/studies/{study}.jsonl")
         for copied in merge_logs(source, records_path):
             print(f"log {copied}")
         return

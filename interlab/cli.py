@@ -1,4 +1,5 @@
-"""Command line: `interlab train | eval | quickstart | sweep | report` (or `python -m interlab`)."""
+"""Command line: `interlab train | eval | quickstart | sweep | study | report` (or
+`python -m interlab`)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,26 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("sweep", help="run a grid of parameterized notebooks (papermill)")
     p.add_argument("grid", nargs="?", help="grid YAML (see notebooks/sweeps/)")
     p.add_argument("--status", metavar="DIR", help="print each run's state of a sweep folder")
+    add_executor_flags(p, DEFAULT_RUN_GB)
+    p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
+    p.add_argument("--small", action="store_true", help="the grid's small, CPU-sized form")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (replaces the grid's list)")
+    p.add_argument("--no-report", dest="report", action="store_false")
+    r = commands.add_parser("report", help="summary table and plots of a sweep folder")
+    r.add_argument("sweep_dir")
+    s = commands.add_parser(
+        "study", help="run a study (benchmarks/studies/NAME.yaml), record it, report verdicts"
+    )
+    s.add_argument("name", help="study name (benchmarks/studies/NAME.yaml) or a study YAML")
+    add_executor_flags(s, DEFAULT_RUN_GB)
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds to run (replaces the study's)")
+    s.add_argument("--only", nargs="+", metavar="ARM", help="run only these arms")
+    s.add_argument("--report-only", action="store_true",
+                   help="regenerate the report from the committed records; run nothing")  # fmt: skip
+
+
+def add_executor_flags(p: argparse.ArgumentParser, default_run_gb: float) -> None:
+    """Where and how many runs at once: the flags `sweep` and `study` share."""
     p.add_argument("--executor", choices=["local", "slurm"], help="default: the grid's, else local")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--gpus-per-run", type=int)
@@ -139,7 +160,6 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
                    help="SLURM: K runs share one GPU (one array task runs K at once)")  # fmt: skip
     p.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra sbatch option, e.g. --slurm-arg qos=high (repeatable)")  # fmt: skip
-    p.add_argument("--out", help="sweep folder (default runs/sweeps/<grid name>[-small])")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU)")
     p.add_argument("--devices", help="GPU ids, e.g. 0,1: --runs-per-device runs per GPU at a time")
     p.add_argument("--runs-per-device", type=int, metavar="K",
@@ -147,13 +167,8 @@ def add_sweep_parsers(commands: argparse._SubParsersAction) -> None:
                    "runs' own device, the CPU included)")  # fmt: skip
     p.add_argument("--min-free-gb", type=float, metavar="GB",
                    help="free GPU memory a run needs before it starts beside others "
-                   f"(default {DEFAULT_RUN_GB:g} with --runs-per-device > 1); it waits until "
+                   f"(default {default_run_gb:g} with --runs-per-device > 1); it waits until "
                    "then")  # fmt: skip
-    p.add_argument("--small", action="store_true", help="the grid's small, CPU-sized form")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (replaces the grid's list)")
-    p.add_argument("--no-report", dest="report", action="store_false")
-    r = commands.add_parser("report", help="summary table and plots of a sweep folder")
-    r.add_argument("sweep_dir")
 
 
 def collect_train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,6 +282,7 @@ def run_locally(sweep: Any, out: Any, args: argparse.Namespace) -> list[dict]:
     return run_sweep(
         sweep, out, workers=args.workers, devices=device_list(args.devices),
         runs_per_device=args.runs_per_device, min_free_gb=args.min_free_gb,
+        on_finish=getattr(args, "on_finish", None),
     )  # fmt: skip
 
 
@@ -335,6 +351,40 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_study_command(args: argparse.Namespace) -> int:
+    from interlab.lab.experiment import check_training_run
+    from interlab.lab.study import load_study, record_finished_runs, write_study_report
+    from interlab.lab.sweep import SweepInterrupted
+
+    check = None if args.report_only else check_training_run
+    study = load_study(args.name, seeds=args.seeds, check_run=check)
+    if args.only:
+        unknown = sorted(set(args.only) - set(study.arms))
+        if unknown:
+            raise ValueError(f"--only: no arm(s) {unknown}; arms: {', '.join(study.arms)}")
+        study.sweep.runs = [r for r in study.sweep.runs if r.setting in args.only]
+    if not args.report_only:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be >= 1; got {args.workers}")
+        args.on_finish = lambda status: record_finished_runs(study)
+        executor = args.executor or study.sweep.executor.get("name", "local")
+        try:
+            run = run_on_slurm if executor == "slurm" else run_locally
+            statuses = run(study.sweep, study.runs_dir, args)
+        except SweepInterrupted as stop:
+            print(f"interlab study: {stop}", file=sys.stderr)
+            return 130
+        finally:
+            record_finished_runs(study)
+        failed = [s for s in statuses if s.get("state") != "done"]
+        for status in failed:
+            print(f"  {status['run']}: {status.get('state')} {status.get('error', '')}")
+    report = write_study_report(study)
+    print(report.read_text())
+    print(f"records: {study.records_path}\nreport: {report}")
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     from interlab.lab.report import write_report
 
@@ -363,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": run_eval,
         "quickstart": run_quickstart,
         "sweep": run_sweep_command,
+        "study": run_study_command,
         "report": run_report,
         "prepare": run_prepare,
     }

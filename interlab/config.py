@@ -65,6 +65,9 @@ class TrainConfig:
     checkpoint_every: int = 10
     snapshot_every: int = 10  # epochs between memory-bank snapshots (bank methods); 0 = none
     log_every: int = 50  # steps between loss checks and progress-bar updates
+    # Warm start: a trained run's checkpoint (or its run folder) whose query encoder a fresh
+    # run starts from (key encoder too); ignored when the run resumes its own checkpoint
+    init_from: str | None = None
     out: str = "runs/default"
     augment: dict[str, Any] = field(default_factory=dict)
     method_options: dict[str, Any] = field(default_factory=dict)

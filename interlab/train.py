@@ -24,6 +24,7 @@ from interlab.checkpoint import (
     restore_rng,
     rng_state,
     save_atomically,
+    warm_start,
 )
 from interlab.config import TrainConfig
 from interlab.data import ImageSet, load_dataset
@@ -144,7 +145,8 @@ class Trainer:
 
     def _build_method(self) -> Method:
         augment = self.config.augment_config(self.train_set.image_size)
-        method = build_method(self.config, augment, len(self.train_set)).to(self.device)
+        sizes = len(self.train_set), self.train_set.num_classes
+        method = build_method(self.config, augment, *sizes).to(self.device)
         if isinstance(self.train_set, ShardSet):
             self._stream_at(method, augment.size)
         self.config.method_options.update(method.resolved_options())  # config.yaml records them
@@ -401,6 +403,23 @@ class Trainer:
             write_metrics(self.out, self.metrics)  # drops epochs after the checkpoint
             write_config(self.out, self.config.to_dict())
 
+    def load_init_from(self) -> None:
+        """A fresh run's query encoder (and its momentum copies) from `init_from`'s checkpoint;
+        every rank reads the same file, so the ranks start equal."""
+        file = warm_start(self.method, self.config.init_from, self.device)
+        if self.progress and dist_utils.is_main_process():
+            print(f"query encoder initialised from {file}", flush=True)
+
+    def start(self, resume: bool) -> None:
+        """Everything before the first step: the run folder (resuming its checkpoint when
+        asked), a fresh run's warm start, then the method's preparation. The warm start
+        comes first so InterCLR's initial clustering sees the warm encoder's features; a
+        resumed run (step > 0) keeps its own weights."""
+        self.start_run_folder(resume)
+        if self.config.init_from is not None and self.step == 0:
+            self.load_init_from()
+        self.start_method()
+
     def start_method(self) -> None:
         """Let the method prepare (e.g. cluster the bank), then give every rank rank 0's buffers."""
         self.method.on_fit_start(self.train_set)
@@ -423,8 +442,7 @@ class Trainer:
                 lock.release()
 
     def _fit(self, resume: bool, stop_after_epochs: int | None) -> TrainResult:
-        self.start_run_folder(resume)
-        self.start_method()
+        self.start(resume)
         last_epoch = self.config.epochs
         if stop_after_epochs is not None:
             last_epoch = min(last_epoch, self.epoch + stop_after_epochs)

@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -108,17 +107,6 @@ def test_every_interclr_grid_runs_the_inter_branch_at_0_2(grid, small):
         assert inter_temperature({"method": "interclr", **parameters["overrides"]}) == 0.2
 
 
-@pytest.mark.parametrize("preset", ["cpu", "gpu"])
-def test_ablation_presets_run_the_inter_branch_at_0_2(preset):
-    spec = importlib.util.spec_from_file_location(
-        "interclr_ablations", ROOT / "benchmarks" / "interclr_ablations.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    keys = module.base_keys(preset, None, None)
-    assert inter_temperature(keys) == 0.2
-
-
 def test_backbone_auto_is_the_default_and_unknown_backbones_are_named():
     assert build_config({"method": "moco"}).backbone == "auto"
     with pytest.raises(ValueError, match=r"unknown backbone 'resnet9'; valid: auto, resnet18"):
@@ -148,6 +136,8 @@ RESOLVED_SIZES = {
         "num_clusters": 100,
         "num_negatives": 650,  # 1.3% of 50,000
         "pool": 15_000,  # pool_share 0.3 of 50,000
+        "min_cluster": 20,  # the release's
+        "centroid_interval": 1,  # scaled: 0.2% of 50,000 is under one batch of 512
     },
     "cyclecontrast_cifar10": {"queue_size": 4096, "cycle_queue_size": 8192, "support_size": 2048},
     "dino_cifar10": {},
@@ -183,6 +173,7 @@ def test_imagenet100_configs_build_a_resnet50_at_224_with_the_scaled_sizes():
         assert [(m.in_features, m.out_features) for m in linears] == [(2048, 2048), (2048, 128)]
     assert method.resolved_options() == {
         "queue_size": 16_384, "num_clusters": 1000, "num_negatives": 1650, "pool": 12_700,
+        "min_cluster": 20, "centroid_interval": 10,
     }  # fmt: skip
     full = build_config(load_named_config("interclr_imagenet")).method_options
     assert (full["num_clusters"], full["num_negatives"], full["pool"], full["queue_size"]) == (
@@ -213,8 +204,10 @@ def test_shipped_config_builds_its_method_at_cifar10_size(name):
 
     if config.method in ("moco", "interclr", "cyclecontrast"):
         assert tuple(method.queue.shape) == (4096, 128)
-    if config.method in ("moco", "interclr"):  # the recipe's plain 512 -> 128 fc
+    if config.method == "moco":  # the recipe's plain 512 -> 128 fc
         assert [type(m) for m in method.encoder.head.layers] == [nn.Linear]
+    if config.method == "interclr":  # the release's MoCoV2Neck: 512 -> 512 -> ReLU -> 128
+        assert head_shape(method.encoder.head) == [(512, 512), "ReLU", (512, 128)]
     if config.method == "interclr":
         assert tuple(method.memory.features.shape) == (CIFAR10_TRAIN_SIZE, 128)
         assert tuple(method.memory.centroids.shape) == (100, 128)
@@ -266,3 +259,81 @@ def test_released_scfs_and_cyclecontrast_settings_stream_from_shards():
         16_384,
         0.07,
     )
+
+
+def test_init_from_and_pseudo_labels_are_keys_with_their_types():
+    config = build_config(dict([parse_assignment("init_from=runs/moco")]))
+    assert config.init_from == "runs/moco" and config.to_dict()["init_from"] == "runs/moco"
+    assert build_config({}).init_from is None  # a fresh start unless asked
+    with pytest.raises(ValueError, match="init_from: expected a string; got 3"):
+        build_config({"init_from": 3})
+    interclr = build_config({"method": "interclr", "pseudo_labels": "oracle"})
+    assert interclr.method_options["pseudo_labels"] == "oracle"
+    assert InterCLROptions().pseudo_labels == "kmeans"
+
+
+# ---- InterCLR: the release's head and re-clustering period -------------------------------------
+
+
+def head_shape(head: nn.Module) -> list:
+    """A projection head's layers: (in, out) per Linear, else the layer's class name."""
+    return [
+        (m.in_features, m.out_features) if isinstance(m, nn.Linear) else type(m).__name__
+        for m in head.layers
+    ]
+
+
+def test_interclr_cifar10_has_the_released_head_without_bn():
+    options = build_config(load_named_config("interclr_cifar10")).method_options
+    assert (options["proj_layers"], options["proj_bn"]) == (2, False)
+    assert options.get("proj_hidden") is None  # the backbone's width, 512 on the ResNet-18
+    assert options["recluster_every"] == 10  # the release's `interval`
+    for name in ("interclr_imagenet", "interclr_imagenet100"):
+        options = build_config(load_named_config(name)).method_options
+        assert (options["proj_layers"], options["proj_bn"], options["proj_hidden"]) == (
+            2,
+            False,
+            2048,
+        )
+
+
+@pytest.mark.parametrize("small", [False, True])
+@pytest.mark.parametrize("grid", INTERCLR_GRIDS)
+def test_every_interclr_grid_and_its_moco_baseline_use_the_released_head(grid, small):
+    sweep = load_sweep(ROOT / "notebooks" / "sweeps" / f"{grid}.yaml", small=small)
+    for run in sweep.runs:
+        overrides = run.parameters["overrides"]
+        head = tuple(overrides.get(key) for key in ("proj_layers", "proj_bn", "proj_hidden"))
+        assert head == (2, False, None), (run.name, head)
+        if overrides.get("online_labels") is False:
+            assert overrides["recluster_every"] == 10, run.name
+
+
+def test_sizing_grid_null_clusters_is_the_n_over_128_rule():
+    """With 10 clusters per class the default, the grid's null arm keeps the release's N/128."""
+    sweep = load_sweep(ROOT / "notebooks" / "sweeps" / "sizing.yaml", small=True)
+    clusters = set()
+    for run in sweep.runs:
+        keys = {"method": "interclr", **run.parameters["overrides"]}
+        options = InterCLROptions(**build_config(keys).method_options)
+        clusters.add(options.scaled_to(5_000, num_classes=10, batch_size=256)["num_clusters"])
+    assert clusters == {100, 39}
+
+
+@pytest.mark.parametrize("study", ["interclr_cpu", "interclr_gpu"])
+def test_interclr_studies_share_the_released_head_and_run_the_inter_branch_at_0_2(study):
+    """Every arm, the MoCo baseline included, has the release's neck (an MLP without BN);
+    every InterCLR arm's inter branch runs at 0.2 and offline arms name their period."""
+    from interlab.lab.study import load_study
+
+    runs = load_study(study).sweep.runs
+    assert {r.parameters["method"] for r in runs} == {"interclr", "moco"}
+    for run in runs:
+        keys = {"method": run.parameters["method"], **run.parameters["overrides"]}
+        keys.pop("init_from", None)  # a checkpoint an earlier study trains
+        options = build_config(keys).method_options
+        assert (options["proj_layers"], options.get("proj_bn", False)) == (2, False), run.name
+        if run.parameters["method"] == "interclr":
+            assert inter_temperature(keys) == 0.2, run.name
+            if options.get("online_labels") is False:
+                assert options["recluster_every"] in (1, 5, 10)

@@ -103,6 +103,20 @@ def test_mini_test_split_counts_and_pixels_match_pillow_byte_for_byte() -> None:
     assert np.array_equal(test.images.numpy(), pillow_decode(MINI, "test"))
 
 
+def test_mini10k_is_the_mini_training_set_with_the_whole_test_split() -> None:
+    """The studies' evaluation set: the same 5,000 training images, 1,000 test images per
+    class, and its test images include the mini set's own (a subset of CIFAR-10's)."""
+    train, mini = load_dataset("cifar10-mini10k", "train"), load_dataset("cifar10-mini", "train")
+    assert torch.equal(train.images, mini.images) and torch.equal(train.labels, mini.labels)
+    test = load_dataset("cifar10-mini10k", "test")
+    assert len(test) == 10_000 and test.name == "cifar10-mini10k/test"
+    assert torch.equal(test.labels.bincount(minlength=10), torch.full((10,), 1000))
+    small = load_dataset("cifar10-mini", "test").images.reshape(1000, -1)
+    whole = test.images.reshape(10_000, -1)
+    found = (whole[:, None, :64] == small[None, :50, :64]).all(-1).any(0)  # first 64 bytes
+    assert bool(found.all())
+
+
 def test_mini_first_train_image_equals_readme_pillow_decode() -> None:
     train = load_dataset("cifar10-mini", "train")
     reference = pillow_decode(MINI, "train", count=1)[0]

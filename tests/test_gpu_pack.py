@@ -391,8 +391,9 @@ def test_default_queue_order_and_commands_fit_the_gpu_machine(pack):
     assert items[5].command[-3:] == ["--mps", "--timeout-s", "150"]
     assert (items[5].estimate([]), items[6].estimate([])) == (400, 200)
     runs = list(dict.fromkeys(item.slice.run for item in items[16:]))
-    assert runs[:3] == ["moco_100ep", "moco_200ep", "interclr_100ep"]
-    assert len(runs) == 8  # + five study variants
+    assert runs[:3] == ["moco_100ep", "moco_200ep", "interclr_gpu/online-seed0"]
+    assert len(runs) == 2 + 11 * 5  # + the GPU study's 11 arms x 5 seeds, seeds outermost
+    assert runs[2 + 11] == "interclr_gpu/online-seed1"
     for item in items:
         assert item.command[0] == sys.executable
         assert not any("papermill" in part or "quickstart" in part for part in item.command)
@@ -415,3 +416,29 @@ def test_tables_show_commands_as_a_reader_reruns_them(pack):
     recorded = "/opt/x/.venv/bin/python3 -m interlab train --config c --out runs/a --epochs 5"
     assert pack.shown_command(recorded) == "python3 -m interlab train --config c --epochs 5"
     assert pack.shown_command("bash -c 'echo hi'") == "bash -c 'echo hi'"
+
+
+def test_a_finished_study_run_carries_its_record_and_merge_files_it(pack, tmp_path):
+    """The last slice of a GPU study run reads the run folder into a study record; `--merge`
+    appends it to benchmarks/results/studies/STUDY.jsonl once (a second merge adds nothing)."""
+    items = pack.study_items("interclr_gpu", "npz:x.npz", runs=tmp_path)
+    last = [i for i in items if i.slice.run == "interclr_gpu/hard-seed2"][-1]
+    assert "--set" in last.command and "neg_sampling=hard" in last.command
+    run_dir = last.slice.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(
+        "method: interclr\nepochs: 2\namp: auto\nchannels_last: true\n"
+        "method_options: {neg_sampling: hard}\n"
+    )
+    rows = [{"epoch": 1, "loss": 5.0}, {"epoch": 2, "loss": 4.0, "knn_top1": 0.61, "nmi": 0.3}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    part = pack.Slice(last.slice.run, run_dir, 0, 2, 2, last.slice.study)
+    figures = pack.run_figures("", pack.Item(last.name, last.command, 1, "training", slice=part))
+    record = figures["study_record"]
+    assert (record["arm"], record["seed"], record["metrics"]) == ("hard", 2, {"knn_top1": 0.61})
+    assert record["diagnostics"] == {"nmi": 0.3} and len(record["per_epoch"]) == 2
+    source = tmp_path / "call.jsonl"
+    source.write_text(json.dumps({"item": last.name, "figures": figures}) + "\n")
+    studies = tmp_path / "studies"
+    assert pack.merge_study_records(source, studies) == {"interclr_gpu": 1}
+    assert pack.merge_study_records(source, studies) == {"interclr_gpu": 0}

@@ -9,10 +9,14 @@ import interlab.methods.interclr as interclr_module
 from interlab.augment import AugmentConfig
 from interlab.cli import main
 from interlab.config import build_config
+from interlab.data import ImageSet
+from interlab.features import features_as_trained
 from interlab.methods import build_method
+from interlab.methods.interclr import InterCLROptions
 from interlab.train import Trainer, read_metrics
 from tests.conftest import assert_same_state, cpu_config
 from tests.test_distributed import set_rank_environment, spawn_two_ranks
+from tests.test_step_speed import HostSyncs
 
 INTERCLR_METRICS = {
     "loss_intra",
@@ -29,6 +33,9 @@ INTERCLR_METRICS = {
     "fnr_hard",
     "fnr_semihard",
     "fnr_semieasy",
+    "positive_cosine",
+    "negative_cosine",
+    "pn_gap",
 }
 
 
@@ -43,7 +50,7 @@ def make_method(train_set, **options):
         {"method": "interclr", "backbone": "convnet", "batch_size": 32, **options}
     )
     torch.manual_seed(0)
-    method = build_method(config, AugmentConfig(size=32), len(train_set))
+    method = build_method(config, AugmentConfig(size=32), len(train_set), train_set.num_classes)
     method.generator = torch.Generator().manual_seed(0)
     method.on_fit_start(train_set)
     return method
@@ -58,14 +65,59 @@ def train_step(method, train_set, indices):
 
 def test_dataset_scaled_defaults_are_recorded(mixed_train):
     method = make_method(mixed_train)
-    # 512 images: 512 / 128 = 4 clusters, 1.3% -> 7 negatives, 10% -> a pool of 51.
-    assert (method.options.num_clusters, method.options.num_negatives, method.options.pool) == (
-        4,
-        7,
-        51,
-    )
-    assert method.resolved_options()["num_clusters"] == 4  # the trainer records it
+    # 512 images of 10 classes, batch 32: 10 x 10 clusters, 1.3% -> 7 negatives, 30% -> a
+    # pool of 154, min_cluster 16% of 5.12 raised to 2, 0.002 x 512 / 32 steps raised to 1.
+    assert method.resolved_options() == {  # the trainer records these in config.yaml
+        "queue_size": 256, "num_clusters": 100, "num_negatives": 7, "pool": 154,
+        "min_cluster": 2, "centroid_interval": 1,
+    }  # fmt: skip
+    assert method.memory.num_clusters == 100
     assert bool(method.memory.ready)
+
+
+def test_sizes_follow_the_classes_and_the_batch_as_on_imagenet():
+    """The README's rule: 10 clusters per class, a pool of 30% (>= 3/C), min_cluster 16% of
+    the mean cluster (<= the release's 20), a centroid refresh per 0.2% of the bank rewritten."""
+    mini = InterCLROptions().scaled_to(5_000, num_classes=10, batch_size=256)
+    assert mini == {
+        "queue_size": 2048, "num_clusters": 100, "num_negatives": 65, "pool": 1500,
+        "min_cluster": 8, "centroid_interval": 1,
+    }  # fmt: skip
+    imagenet = InterCLROptions().scaled_to(1_281_167, num_classes=1000, batch_size=256)
+    assert (imagenet["num_clusters"], imagenet["min_cluster"]) == (10_000, 20)
+    assert imagenet["centroid_interval"] == 10  # 10 steps x 256 = 0.2% of the bank
+    unknown = InterCLROptions().scaled_to(5_000, num_classes=0, batch_size=256)
+    assert (unknown["num_clusters"], unknown["pool"]) == (39, 1500)  # N / 128, 30%
+    two_classes = InterCLROptions().scaled_to(5_000, num_classes=2, batch_size=256)
+    assert two_classes["pool"] == 2500  # 3/C = 1.5 capped at half the bank
+    thirty = InterCLROptions().scaled_to(5_000, num_classes=30, batch_size=256)
+    assert thirty["pool"] == 1500 and thirty["num_clusters"] == 300
+    by_size = InterCLROptions(mean_cluster_size=128).scaled_to(5_000, 10, 256)
+    assert by_size["num_clusters"] == 39 and by_size["min_cluster"] == 20  # 16% of 128.2
+
+
+def test_explicit_sizes_are_kept_and_checked():
+    keys = {"num_clusters": 50, "min_cluster": 5, "centroid_interval": 3, "pool": 900}
+    sizes = InterCLROptions(**keys).scaled_to(5_000, num_classes=10, batch_size=256)
+    assert {key: sizes[key] for key in keys} == keys
+    # An explicit min_cluster caps a defaulted K so every cluster can hold 2 x min_cluster.
+    capped = InterCLROptions(min_cluster=50).scaled_to(5_000, num_classes=10, batch_size=256)
+    assert capped["num_clusters"] == 50 and capped["min_cluster"] == 50
+    for key in ("min_cluster", "centroid_interval", "mean_cluster_size"):
+        with pytest.raises(ValueError, match=f"{key} must be >= 1; got 0"):
+            InterCLROptions(**{key: 0})
+    with pytest.raises(ValueError, match="num_clusters=1000 with min_cluster=3 needs at least"):
+        InterCLROptions(num_clusters=1000, min_cluster=3).scaled_to(5_000, 10, 256)
+
+
+def test_the_method_scales_by_its_class_count_and_global_batch():
+    """build_method passes the training set's classes and the batch through to the sizes."""
+    config = build_config({"method": "interclr", "backbone": "convnet", "batch_size": 20})
+    method = build_method(config, AugmentConfig(size=32), 50_000, 10)
+    sizes = method.resolved_options()
+    assert (sizes["num_clusters"], sizes["pool"], sizes["min_cluster"]) == (100, 15_000, 20)
+    assert sizes["centroid_interval"] == 5  # 0.002 x 50,000 / 20
+    assert method.memory.num_clusters == 100
 
 
 @pytest.mark.parametrize("neg_sampling", ["random", "hard", "semihard", "semieasy"])
@@ -97,7 +149,7 @@ def test_every_switch_trains_a_step(mixed_train, neg_sampling, online):
 
 def test_online_maintenance_keeps_clusters_large_and_centroids_fresh(mixed_train):
     # min_cluster 64 = half the mean size: the untrained net's clusters need real refills.
-    method = make_method(mixed_train, min_cluster=64, centroid_interval=3)
+    method = make_method(mixed_train, num_clusters=4, min_cluster=64, centroid_interval=3)
     refilled = 0
     for step in range(6):
         indices = torch.randperm(512, generator=torch.Generator().manual_seed(step))[:32]
@@ -162,7 +214,7 @@ def test_bad_sizes_and_values_are_named(mixed_train):
     with pytest.raises(
         ValueError, match="num_clusters=100 with min_cluster=20 needs at least 4000"
     ):
-        make_method(mixed_train, num_clusters=100)
+        make_method(mixed_train, num_clusters=100, min_cluster=20)
     with pytest.raises(ValueError, match="num_negatives=600 must be smaller than the bank"):
         make_method(mixed_train, num_negatives=600, pool=100)
 
@@ -170,10 +222,13 @@ def test_bad_sizes_and_values_are_named(mixed_train):
 def test_short_run_logs_every_metric_and_resumes_to_the_same_state(tmp_path, mixed_npz):
     data = f"npz:{mixed_npz}"
     whole = Trainer(interclr_config(tmp_path / "whole", data), progress=False).fit(resume=False)
+    assert whole.method.options.min_cluster == 2  # 100 clusters of ~5 on 512 images
     for record in whole.metrics:
         assert set(record) >= INTERCLR_METRICS, INTERCLR_METRICS - set(record)
         assert 0 <= record["nmi"] <= 1 and 0 <= record["false_negative_rate"] <= 1
-        assert record["cluster_size_min"] >= 20
+        gap = record["positive_cosine"] - record["negative_cosine"]
+        assert record["pn_gap"] == pytest.approx(gap, abs=1e-6)
+        assert record["cluster_size_min"] >= 2
     assert {"knn_top1", "knn_top1_head"} <= set(whole.metrics[-1])
 
     sliced_config = interclr_config(tmp_path / "sliced", data)
@@ -200,6 +255,8 @@ def test_cli_trains_interclr_with_switches(tmp_path, mixed_npz, capsys):
     assert set(record) >= INTERCLR_METRICS
     saved = (out / "config.yaml").read_text()
     assert "neg_sampling: hard" in saved and "num_clusters: 8" in saved
+    # The data-scaled sizes as used: 16% of 512 / 8 = 10; 0.002 x 512 / 64 raised to 1.
+    assert "min_cluster: 10" in saved and "centroid_interval: 1" in saved
 
 
 # ---- two ranks --------------------------------------------------------------------------------
@@ -279,7 +336,8 @@ def test_sampler_probe_measures_each_sampler_by_its_definition(mixed_train):
     """Classes are tight blobs and pseudo-labels ignore them: the hard negatives (nearest
     non-cluster entries) are all the query's class, the semi-easy ones (farthest) never are,
     random ones are at the class share, and the semi-hard pool (about one class wide) mostly is."""
-    method = make_method(mixed_train, num_clusters=10, min_cluster=5, probe_queries=128)
+    keys = {"num_clusters": 10, "min_cluster": 5, "pool_share": 0.1}  # a one-class-wide pool
+    method = make_method(mixed_train, probe_queries=128, **keys)
     class_blob_bank(method, mixed_train)
     rates = method.sampler_false_negatives()
     assert set(rates) == {"fnr_random", "fnr_hard", "fnr_semihard", "fnr_semieasy"}
@@ -298,3 +356,180 @@ def test_sampler_probe_leaves_the_training_stream_alone(mixed_train):
     method.sampler_false_negatives()
     assert torch.equal(method.generator.get_state(), before)
     assert make_method(mixed_train, probe_queries=0).sampler_false_negatives() == {}
+
+
+# ---- warm start (init_from) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moco_run(tmp_path_factory, mixed_npz):
+    """A MoCo run trained one epoch on the mixed data: the warm starts' source."""
+    out = tmp_path_factory.mktemp("moco") / "run"
+    return Trainer(cpu_config(out, f"npz:{mixed_npz}", epochs=1), progress=False).fit()
+
+
+def assert_same_weights(expected: dict, network: torch.nn.Module) -> None:
+    got = network.state_dict()
+    assert set(got) == set(expected), set(got) ^ set(expected)
+    for name, value in got.items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_init_from_starts_interclr_from_a_moco_run_before_its_first_clustering(
+    tmp_path, mixed_npz, moco_run
+):
+    source = moco_run.method.encoder.state_dict()
+    config = interclr_config(
+        tmp_path / "warm", f"npz:{mixed_npz}", epochs=1, init_from=str(moco_run.out)
+    )
+    trainer = Trainer(config, progress=False)
+    trainer.start(resume=False)
+    method = trainer.method
+    assert_same_weights(source, method.encoder)
+    assert_same_weights(source, method.key_encoder)
+    # The initial k-means saw the warm encoder's embeddings, not a random network's.
+    warm = features_as_trained(moco_run.method, moco_run.method.encoder, trainer.train_set.images)
+    assert torch.allclose(method.memory.features, warm, atol=1e-6)
+    initial = trainer.knn_accuracy()
+    for key in ("knn_top1", "knn_top1_head"):
+        assert initial[key] == pytest.approx(moco_run.final[key], abs=1e-6), key
+    # Only encoder weights moved: the queue, optimiser and counters are a fresh run's.
+    assert not torch.equal(method.queue, moco_run.method.queue)
+    assert len(trainer.optimizer.state) == 0 and (trainer.epoch, trainer.step) == (0, 0)
+    assert int(method.bank_steps) == 0
+
+
+def test_a_resumed_run_keeps_its_own_weights_not_those_of_init_from(tmp_path, mixed_npz, moco_run):
+    checkpoint = moco_run.out / "checkpoint.pt"
+    config = interclr_config(tmp_path / "warm", f"npz:{mixed_npz}", init_from=str(checkpoint))
+    sliced = Trainer(config, progress=False).fit(resume=False, stop_after_epochs=1)
+    trained = {k: v.clone() for k, v in sliced.method.encoder.state_dict().items()}
+    resumed = Trainer(config, progress=False)
+    resumed.start(resume=True)
+    assert resumed.epoch == 1
+    assert_same_weights(trained, resumed.method.encoder)
+    first = next(iter(trained))
+    assert not torch.equal(trained[first], moco_run.method.encoder.state_dict()[first])
+
+
+def test_init_from_names_the_file_it_cannot_use(tmp_path, mixed_npz, moco_run):
+    data, checkpoint = f"npz:{mixed_npz}", str(moco_run.out / "checkpoint.pt")
+
+    def refusal(name: str, **keys) -> str:
+        config = interclr_config(tmp_path / name, data, **keys)
+        with pytest.raises(ValueError) as error:
+            Trainer(config, progress=False).fit(resume=False)
+        assert "\n" not in str(error.value)
+        return str(error.value)
+
+    missing = tmp_path / "nowhere" / "checkpoint.pt"
+    assert refusal("missing", init_from=str(missing)) == f"init_from: no checkpoint at {missing}"
+    other_backbone = refusal("resnet", backbone="resnet18", init_from=checkpoint)
+    assert other_backbone.startswith(f"init_from: {checkpoint} does not fit this run's encoder")
+    assert "weights missing (e.g. backbone." in other_backbone
+    other_head = refusal("head", proj_dim=64, init_from=checkpoint)
+    assert other_head.endswith("head.layers.2.weight is (128, 256) there, (64, 256) here")
+    config = cpu_config(tmp_path / "dino", data, method="dino", init_from=checkpoint)
+    with pytest.raises(ValueError, match="method 'dino' has no query encoder to start from"):
+        Trainer(config, progress=False).fit(resume=False)
+
+
+# ---- pseudo-label controls --------------------------------------------------------------------
+
+
+def test_oracle_pseudo_labels_are_the_true_classes_and_stay_fixed(mixed_train):
+    method = make_method(mixed_train, pseudo_labels="oracle", num_clusters=100)
+    assert method.resolved_options()["num_clusters"] == 10  # one per class, whatever was set
+    truth = mixed_train.labels
+    for step in range(3):  # online labels (the default) would re-assign the batch each step
+        indices = torch.randperm(512, generator=torch.Generator().manual_seed(step))[:32]
+        outputs = train_step(method, mixed_train, indices)
+        assert outputs["label_change_ratio"].item() == 0
+        assert outputs["clusters_refilled"].item() == 0
+    assert torch.equal(method.memory.labels, truth)
+    figures = method.on_epoch_end(1)
+    assert figures["purity"] == 1.0 and figures["nmi"] == pytest.approx(1.0)
+    bank = method.memory
+    means = torch.stack([bank.features[truth == c].mean(0) for c in range(10)])
+    assert torch.allclose(bank.centroids, means, atol=1e-6)
+
+
+def test_shuffled_pseudo_labels_keep_the_class_sizes_but_no_class_information(mixed_train):
+    keys = {"pseudo_labels": "shuffled", "online_labels": False, "recluster_every": 1}
+    method = make_method(mixed_train, **keys)
+    truth, labels = mixed_train.labels, method.memory.labels.clone()
+    assert torch.equal(torch.bincount(labels, minlength=10), torch.bincount(truth, minlength=10))
+    figures = method.on_epoch_end(1)  # a k-means run re-clusters here (offline, every epoch)
+    assert torch.equal(method.memory.labels, labels)
+    assert figures["nmi"] < 0.05 and figures["purity"] < 0.25
+    assert torch.equal(make_method(mixed_train, **keys).memory.labels, labels)  # the seed's
+    assert not torch.equal(make_method(mixed_train, seed=1, **keys).memory.labels, labels)
+
+
+def test_class_label_controls_refuse_an_unlabelled_training_set(mixed_train):
+    unlabelled = ImageSet(mixed_train.images, torch.full((512,), -1), [], name="unlabelled")
+    for control in ("oracle", "shuffled"):
+        expected = f"pseudo_labels='{control}' needs a training set with every image labelled"
+        with pytest.raises(ValueError, match=f"{expected}; unlabelled is not"):
+            make_method(unlabelled, pseudo_labels=control)
+    with pytest.raises(ValueError, match="pseudo_labels must be one of kmeans, oracle, shuffled"):
+        build_config({"method": "interclr", "pseudo_labels": "classes"})
+
+
+def test_the_trainer_gives_a_control_one_cluster_per_class(tmp_path, mixed_npz):
+    config = interclr_config(tmp_path, f"npz:{mixed_npz}", pseudo_labels="shuffled")
+    trainer = Trainer(config, progress=False)
+    assert trainer.method.memory.num_clusters == 10
+    assert config.method_options["num_clusters"] == 10  # recorded in config.yaml as used
+
+
+# ---- positive-negative gap --------------------------------------------------------------------
+
+
+def test_a_step_reports_the_mean_cosines_of_its_sampled_pairs(mixed_train, monkeypatch):
+    drawn = {}
+    for name in ("sample_positives", "sample_negatives"):
+        original = getattr(interclr_module, name)
+
+        def record(*args, _name=name, _original=original, **kwargs):
+            drawn[_name] = _original(*args, **kwargs)
+            return drawn[_name]
+
+        monkeypatch.setattr(interclr_module, name, record)
+    method = make_method(mixed_train, neg_sampling="random")
+    inner, queries = method.inter_contrast, []
+
+    def recorded(query, indices):
+        queries.append(query.detach())
+        return inner(query, indices)
+
+    method.inter_contrast = recorded
+    bank = method.memory.features.clone()  # the step samples this bank, then writes into it
+    outputs = train_step(method, mixed_train, torch.arange(32) * 16)
+    query = torch.nn.functional.normalize(queries[0], dim=1)
+    positives, negatives = drawn["sample_positives"], drawn["sample_negatives"]
+    pos = [float(query[i] @ bank[positives[i]]) for i in range(32)]
+    neg = [float(query[i] @ bank[j]) for i in range(32) for j in negatives[i]]
+    assert outputs["positive_cosine"].item() == pytest.approx(sum(pos) / len(pos), abs=1e-6)
+    assert outputs["negative_cosine"].item() == pytest.approx(sum(neg) / len(neg), abs=1e-6)
+    gap = sum(pos) / len(pos) - sum(neg) / len(neg)
+    assert outputs["pn_gap"].item() == pytest.approx(gap, abs=1e-6)
+
+
+def test_cosine_figures_on_a_bank_of_known_angles(mixed_train):
+    """Cluster c's entries all sit at (e_c + e_10) / sqrt(2) and each query at its own
+    cluster's point: its positive at cosine 1, every negative (another e_d) at exactly 1/2."""
+    method = make_method(mixed_train, pseudo_labels="oracle")
+    labels = mixed_train.labels
+    one_hot = torch.nn.functional.one_hot
+    points = one_hot(labels, 128).float() + one_hot(torch.full_like(labels, 10), 128).float()
+    points = torch.nn.functional.normalize(points, dim=1)
+    method.memory.initialize(points, labels)
+    indices = torch.arange(0, 512, 16)
+    _, figures = method.inter_contrast(points[indices], indices)
+    assert figures["positive_cosine"].item() == pytest.approx(1.0, abs=1e-6)
+    assert figures["negative_cosine"].item() == pytest.approx(0.5, abs=1e-6)
+    assert figures["pn_gap"].item() == pytest.approx(0.5, abs=1e-6)
+    with HostSyncs() as probe:  # the epoch averages them on the device
+        interclr_module.cosine_figures(points[:4], points[:4], points[:12].view(4, 3, 128))
+    assert probe.found == []

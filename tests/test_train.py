@@ -140,6 +140,10 @@ def test_every_method_trains_a_short_epoch_on_the_embedded_data_with_its_default
     assert saved["backbone"] == "convnet"
     if method in ("moco", "interclr", "cyclecontrast"):
         assert saved["method_options"]["queue_size"] == 2048  # a power of two <= 5,000 / 2
+    if method == "interclr":  # 10 classes: 10 clusters each, a pool of 30% of 5,000
+        sizes = {k: saved["method_options"][k] for k in ("num_clusters", "pool", "min_cluster")}
+        assert sizes == {"num_clusters": 100, "pool": 1500, "min_cluster": 8}
+        assert saved["method_options"]["centroid_interval"] == 1  # 0.002 x 5,000 / 64
     if method == "cyclecontrast":
         assert saved["method_options"]["cycle_queue_size"] == 2048
         assert saved["method_options"]["support_size"] == 512

@@ -17,6 +17,7 @@ from interlab.config import TrainConfig, build_config
 from interlab.data import DATASET_NAMES, DATASET_PREFIXES, load_dataset
 from interlab.devices import device_name, resolve_device
 from interlab.evaluate import evaluate_method
+from interlab.lab.provenance import code_version, git_commit
 from interlab.methods import METHOD_NAMES
 from interlab.train import TrainResult, train
 
@@ -140,6 +141,7 @@ def write_summary(
         "device": device_name(config.device),
         "wall_time_s": wall_time_s,
         "config": config.to_dict(),
+        "code": {"version": code_version(), "commit": git_commit()},
     }
     path = Path(out_dir) / SUMMARY_NAME
     path.parent.mkdir(parents=True, exist_ok=True)

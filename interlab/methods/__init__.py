@@ -35,8 +35,11 @@ def method_options_class(name: str) -> type:
     return method_class(name).options_class
 
 
-def build_method(config: Any, augment: AugmentConfig, num_samples: int = 0) -> Any:
-    """Instantiate `config.method` (a TrainConfig) for a training set of `num_samples`.
+def build_method(
+    config: Any, augment: AugmentConfig, num_samples: int = 0, num_classes: int = 0
+) -> Any:
+    """Instantiate `config.method` (a TrainConfig) for a training set of `num_samples` images
+    in `num_classes` classes (0 = unknown).
 
     The method receives its checked options and a `MethodSetup` cut from the config, never the
     config itself; the sizes it fills from the data are in `method.resolved_options()`.
@@ -53,6 +56,7 @@ def build_method(config: Any, augment: AugmentConfig, num_samples: int = 0) -> A
         epochs=config.epochs,
         seed=config.seed,
         num_samples=num_samples,
+        num_classes=num_classes,
         augment_keys_set=frozenset(config.augment),
     )
     return cls(setup, cls.options_class(**config.method_options), augment)

@@ -52,8 +52,9 @@ class MethodSetup:
     """What a method takes from its run, and no more (methods never see the whole TrainConfig).
 
     The backbone to build, the per-process batch size (queue checks), the number of epochs
-    (schedules), the seed (k-means), the training-set size (banks, queue scaling) and which
-    augmentation keys the user set explicitly (a method may refuse one it overrides).
+    (schedules), the seed (k-means), the training-set size (banks, queue scaling), its number
+    of classes (InterCLR's class-label controls; 0 = unknown) and which augmentation keys the
+    user set explicitly (a method may refuse one it overrides).
     """
 
     backbone: str = "convnet"
@@ -62,6 +63,7 @@ class MethodSetup:
     epochs: int = 1
     seed: int = 0
     num_samples: int = 0
+    num_classes: int = 0
     augment_keys_set: frozenset[str] = field(default_factory=frozenset)
 
     def build_backbone(self) -> nn.Module:
@@ -127,6 +129,12 @@ class Method(nn.Module):
         None for a method without such a head.
         """
         return None
+
+    def warm_start_encoders(self) -> list[nn.Module]:
+        """The query encoder (backbone + projection head) first, then its momentum copies: the
+        networks `init_from` overwrites with a trained run's query encoder. Empty for a method
+        without such an encoder, which then refuses a warm start."""
+        return []
 
     def networks_to_compile(self) -> list[nn.Module]:
         """The modules whose forward a training step calls, each compiled on its own by

@@ -10,8 +10,17 @@ MarginNCE. The three components the paper studies are switches:
 - `neg_sampling`: `random`, `hard`, `semihard` (default) or `semieasy`;
 - `margin` / `margin_kind`: the decision boundary (cos or arc; negative = less stringent).
 
-Bank-size-dependent defaults scale with the training set: about N/128 clusters, 1.3% of N
-negatives per query and a semi-hard pool of 10% of N (ImageNet's 10k / 16,384 / 128,000).
+`pseudo_labels` adds two controls beside k-means (`kmeans`): `oracle` takes the true classes
+as the pseudo-labels and `shuffled` the true labels permuted across images by the run's seed
+(the classes' cluster sizes, no class information). Both need a labelled training set, use
+one cluster per class and keep their labels fixed: no online re-assignment, no small-cluster
+repair, no offline re-clustering (`online_labels` and `recluster_every` do nothing there).
+
+Sizes left unset scale with the training set (N images, C classes, README "Choosing the
+sizes"): 10 clusters per class (N/128 when C is unknown: ImageNet's 10,000), 1.3% of N
+negatives per query, a semi-hard pool of 30% of N (at least 3/C, at most half), a minimum
+cluster of about 16% of the mean cluster (the release's 20 of 128) and a centroid refresh
+whenever about 0.2% of the bank was rewritten (the release's 10 steps of 256 of 1.28M).
 """
 
 from __future__ import annotations
@@ -21,12 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from interlab.augment import AugmentConfig
 from interlab.cluster import BACKENDS, cluster_scores, kmeans
 from interlab.data import ImageSet
-from interlab.distributed import gather_cat
+from interlab.distributed import gather_cat, world_size
 from interlab.features import features_as_trained
 from interlab.losses import MARGIN_KINDS, margin_nce
 from interlab.memory import MemoryBank
@@ -39,9 +49,17 @@ from interlab.sampling import (
     sample_positives,
 )
 
-MEAN_CLUSTER_SIZE = 128
+PSEUDO_LABELS = ("kmeans", "oracle", "shuffled")
+MEAN_CLUSTER_SIZE = 128  # the release's rule, N/128, where the classes are unknown
+CLUSTERS_PER_CLASS = 10  # ImageNet's 10,000 clusters for 1,000 classes
 NEGATIVES_SHARE = 0.013
-POOL_SHARE = 0.10
+POOL_SHARE = 0.30  # three classes' worth on CIFAR-10: "near", mostly other classes
+POOL_CLASSES = 3  # the pool spans at least this many classes' worth ...
+MAX_POOL_SHARE = 0.5  # ... and at most half the bank (beyond it, nearly random sampling)
+MIN_CLUSTER_SHARE = 0.16  # of the mean cluster size: the release's 20 of 128
+MIN_CLUSTER_RANGE = (2, 20)  # 2: a cluster can still be split; 20: the release's
+REFRESH_BANK_SHARE = 0.002  # bank rewritten between centroid refreshes: 10 x 256 of 1.28M
+MAX_CENTROID_INTERVAL = 10  # the release's `centroids_update_interval`
 
 
 @dataclass
@@ -50,10 +68,11 @@ class InterCLROptions(MoCoOptions):
 
     online_labels: bool = True
     neg_sampling: str = "semihard"
-    num_clusters: int | None = None  # ~ N / 128
+    num_clusters: int | None = None  # ~ 10 x C; N / 128 when C is unknown
+    mean_cluster_size: int | None = None  # set: num_clusters ~ N / this (the release's 128)
     num_negatives: int | None = None  # ~ 1.3% of N
-    pool: int | None = None  # semi-hard / semi-easy pool, ~ 10% of N
-    pool_share: float | None = None  # the pool as a share of N (instead of `pool`)
+    pool: int | None = None  # semi-hard / semi-easy pool, ~ pool_share x N
+    pool_share: float | None = None  # the pool as a share of N; None: 0.3, in [3/C, 0.5]
     margin: float = -0.5
     margin_kind: str = "cos"
     intra_margin: float = 0.0  # the original's optional margin on the MoCo branch (off)
@@ -63,13 +82,15 @@ class InterCLROptions(MoCoOptions):
     inter_temperature: float | None = None  # None: the intra branch's temperature
     inter_warmup_epochs: int = 0  # inter weight 0 for these first epochs
     bank_momentum: float = 1.0  # 1.0 = replace each entry with the newest key
-    min_cluster: int = 20
-    centroid_interval: int = 10  # steps between centroid refreshes (online)
+    min_cluster: int | None = None  # ~ 16% of N / K, in [2, 20] (the release's 20)
+    centroid_interval: int | None = None  # steps between centroid refreshes (online), in [1, 10]
     recluster_every: int = 10  # epochs between full re-clusterings (offline)
     kmeans_iterations: int = 20
     kmeans_backend: str = "auto"
     exclude_self_positive: bool = False  # the original may draw the query's own entry
     probe_queries: int = 256  # bank entries whose negatives measure every sampler; 0 = off
+    # kmeans; or a fixed control: oracle (the true classes), shuffled (them permuted by seed)
+    pseudo_labels: str = "kmeans"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,12 +99,14 @@ class InterCLROptions(MoCoOptions):
             "margin_kind": (self.margin_kind, MARGIN_KINDS),
             "intra_margin_kind": (self.intra_margin_kind, MARGIN_KINDS),
             "kmeans_backend": (self.kmeans_backend, BACKENDS),
+            "pseudo_labels": (self.pseudo_labels, PSEUDO_LABELS),
         }
         for key, (value, valid) in choices.items():
             if value not in valid:
                 raise ValueError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
         at_least_one = (
             "num_clusters",
+            "mean_cluster_size",
             "num_negatives",
             "pool",
             "min_cluster",
@@ -106,16 +129,18 @@ class InterCLROptions(MoCoOptions):
         if self.probe_queries < 0:
             raise ValueError(f"probe_queries must be >= 0; got {self.probe_queries}")
 
-    def scaled_to(self, num_samples: int) -> dict[str, Any]:
-        """Fill the None sizes from the bank size and check they fit it; returns them."""
+    def scaled_to(
+        self, num_samples: int, num_classes: int = 0, batch_size: int = 256
+    ) -> dict[str, Any]:
+        """Fill the None sizes from the bank size, its number of classes (0 = unknown) and
+        the global batch (bank entries rewritten per step); check they fit; return them."""
         sizes = super().scaled_to(num_samples)
         if num_samples < 2:
             raise ValueError("interclr needs the training-set size (num_samples >= 2) for its bank")
-        if self.num_clusters is None:
-            self.num_clusters = max(2, round(num_samples / MEAN_CLUSTER_SIZE))
+        self.scale_clusters(num_samples, num_classes, batch_size)
         if self.num_negatives is None:
             self.num_negatives = max(1, round(NEGATIVES_SHARE * num_samples))
-        share = POOL_SHARE if self.pool_share is None else self.pool_share
+        share = default_pool_share(num_classes) if self.pool_share is None else self.pool_share
         shared_pool = max(self.num_negatives, round(share * num_samples))
         if self.pool is None:
             self.pool = shared_pool
@@ -143,7 +168,41 @@ class InterCLROptions(MoCoOptions):
             "num_clusters": self.num_clusters,
             "num_negatives": self.num_negatives,
             "pool": self.pool,
+            "min_cluster": self.min_cluster,
+            "centroid_interval": self.centroid_interval,
         }
+
+    def scale_clusters(self, num_samples: int, num_classes: int, batch_size: int) -> None:
+        """Fill `num_clusters`, `min_cluster` and `centroid_interval` where None. A defaulted
+        K leaves room for every cluster to hold 2 x min_cluster, so it fits an explicit
+        min_cluster; the defaulted min_cluster then follows the mean cluster size."""
+        if self.num_clusters is None:
+            floor = self.min_cluster or MIN_CLUSTER_RANGE[0]
+            wanted = default_clusters(num_samples, num_classes, self.mean_cluster_size)
+            self.num_clusters = max(2, min(wanted, num_samples // (2 * floor)))
+        if self.min_cluster is None:
+            low, high = MIN_CLUSTER_RANGE
+            mean_size = num_samples / self.num_clusters
+            self.min_cluster = min(high, max(low, round(MIN_CLUSTER_SHARE * mean_size)))
+        if self.centroid_interval is None:
+            steps = round(REFRESH_BANK_SHARE * num_samples / max(1, batch_size))
+            self.centroid_interval = min(MAX_CENTROID_INTERVAL, max(1, steps))
+
+
+def default_clusters(num_samples: int, num_classes: int, mean_size: int | None) -> int:
+    """10 clusters per class (ImageNet's ratio); N / `mean_size` when that is set, and the
+    release's N/128 when the classes are unknown (0)."""
+    if mean_size is None and num_classes > 0:
+        return CLUSTERS_PER_CLASS * num_classes
+    return round(num_samples / (mean_size or MEAN_CLUSTER_SIZE))
+
+
+def default_pool_share(num_classes: int) -> float:
+    """0.3 of the bank, widened to span at least 3 classes' worth (3/C) but never past half
+    the bank: a semi-hard pool of near entries, mostly of other classes than the query's."""
+    if num_classes <= 0:
+        return POOL_SHARE
+    return min(MAX_POOL_SHARE, max(POOL_SHARE, POOL_CLASSES / num_classes))
 
 
 class InterCLR(MoCo):
@@ -159,6 +218,7 @@ class InterCLR(MoCo):
         options: InterCLROptions,
         augment: AugmentConfig,
     ) -> None:
+        one_cluster_per_class(options, setup.num_classes)
         super().__init__(setup, options, augment)
         self.memory = MemoryBank(
             setup.num_samples, options.proj_dim, options.num_clusters, options.bank_momentum
@@ -168,6 +228,12 @@ class InterCLR(MoCo):
         self.true_labels: Tensor | None = None
         self.train_images: Tensor | None = None
         self._pending: tuple[Tensor, Tensor] | None = None
+
+    def scale_options(self, setup: MethodSetup) -> dict[str, Any]:
+        """The sizes also follow the class count and the global batch: every rank's batch
+        rewrites the shared bank, so the centroid refresh period counts all of them."""
+        batch = setup.batch_size * world_size()
+        return self.options.scaled_to(setup.num_samples, setup.num_classes, batch)
 
     # ---- bank set-up and re-clustering ------------------------------------------------------
     def on_fit_start(self, train_set: ImageSet) -> None:
@@ -179,12 +245,55 @@ class InterCLR(MoCo):
         self.true_labels = None
         if train_set.has_labels:  # where the bank is: every step indexes it with its indices
             self.true_labels = train_set.labels.to(self.memory.features.device)
+        if self.label_control:
+            self.check_control_labels(train_set)
         if not bool(self.memory.ready):  # a resumed run keeps its checkpointed bank
-            features, labels = self.cluster_training_set(seed=self.setup.seed)
-            self.memory.initialize(features, labels)
-            if self.options.online_labels:  # an untrained net's k-means can be very unbalanced
-                self.memory.fix_small_clusters(self.options.min_cluster)
-                self.memory.refresh_centroids()
+            self.fill_bank()
+
+    @property
+    def label_control(self) -> bool:
+        """The pseudo-labels are a fixed control (oracle / shuffled), not k-means'."""
+        return self.options.pseudo_labels != "kmeans"
+
+    @property
+    def relabels_online(self) -> bool:
+        """Each step re-assigns labels and repairs clusters (k-means labels, online mode)."""
+        return self.options.online_labels and not self.label_control
+
+    def fill_bank(self) -> None:
+        """The bank's first features and labels: the training set's embeddings, labelled by
+        k-means or by a control's fixed labels (whose centroids are the class means)."""
+        if self.label_control:
+            self.memory.initialize(self.embed_training_set(), self.control_labels())
+            return
+        features, labels = self.cluster_training_set(seed=self.setup.seed)
+        self.memory.initialize(features, labels)
+        if self.options.online_labels:  # an untrained net's k-means can be very unbalanced
+            self.memory.fix_small_clusters(self.options.min_cluster)
+            self.memory.refresh_centroids()
+
+    def check_control_labels(self, train_set: ImageSet) -> None:
+        """A control needs every training image's class, and one bank cluster per class."""
+        control = f"pseudo_labels={self.options.pseudo_labels!r}"
+        if self.true_labels is None or bool((self.true_labels < 0).any()):
+            raise ValueError(
+                f"{control} needs a training set with every image labelled; "
+                f"{train_set.name or 'this one'} is not"
+            )
+        if self.memory.num_clusters != train_set.num_classes:
+            raise ValueError(
+                f"{control} needs one cluster per class ({train_set.num_classes}); the bank "
+                f"has {self.memory.num_clusters} (build the method with the data's num_classes)"
+            )
+
+    def control_labels(self) -> Tensor:
+        """The control's fixed labels: the true classes (oracle), or the same labels permuted
+        across images by a generator seeded with the run's seed (shuffled)."""
+        if self.options.pseudo_labels == "oracle":
+            return self.true_labels.clone()
+        generator = torch.Generator().manual_seed(self.setup.seed)
+        order = torch.randperm(len(self.true_labels), generator=generator)
+        return self.true_labels[order.to(self.true_labels.device)]
 
     @torch.no_grad()
     def embed_training_set(self) -> Tensor:
@@ -207,7 +316,9 @@ class InterCLR(MoCo):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         offline = not self.options.online_labels
-        if offline and epoch % self.options.recluster_every == 0 and epoch < self.setup.epochs:
+        if self.label_control:  # labels fixed; centroids stay the class means of the bank
+            self.memory.refresh_centroids()
+        elif offline and epoch % self.options.recluster_every == 0 and epoch < self.setup.epochs:
             _, labels = self.cluster_training_set(seed=self.setup.seed + epoch)
             self.memory.assign_all(labels)  # labels only: the bank keeps its features
             self.memory.refresh_centroids()
@@ -267,16 +378,19 @@ class InterCLR(MoCo):
         loss = margin_nce(queries, keys, queue, o.temperature, o.intra_margin, o.intra_margin_kind)
         return loss * self.directions
 
-    def inter_contrast(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+    def inter_contrast(self, query: Tensor, indices: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """MarginNCE against a cluster-mate and sampled non-cluster bank entries.
 
-        Returns the loss and, when true labels exist, the share of negatives that are in
-        fact the query's class (false negatives).
+        Returns the loss and detached figures to log: the mean cosine to the positives and
+        to the negatives and their gap (`cosine_figures`) and, when true labels exist, the
+        share of negatives that are in fact the query's class (`false_negative_rate`).
         """
         with torch.autocast(query.device.type, enabled=False):  # bank ranks and logits in fp32
             return self._inter_contrast_fp32(query.float(), indices)
 
-    def _inter_contrast_fp32(self, query: Tensor, indices: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _inter_contrast_fp32(
+        self, query: Tensor, indices: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         o = self.options
         with torch.no_grad():
             positives = sample_positives(
@@ -286,15 +400,14 @@ class InterCLR(MoCo):
                 self.memory, query, indices, o.neg_sampling, o.num_negatives, o.pool, self.generator
             )
         temperature = o.inter_temperature or o.temperature
-        loss = margin_nce(
-            query,
-            self.memory.features[positives],
-            self.memory.features[negatives],
-            temperature,
-            o.margin,
-            o.margin_kind,
-        )
-        return loss, self.false_negative_rate(indices, negatives)
+        positive_rows = self.memory.features[positives]
+        negative_rows = self.memory.features[negatives]
+        loss = margin_nce(query, positive_rows, negative_rows, temperature, o.margin, o.margin_kind)
+        figures = cosine_figures(query, positive_rows, negative_rows)
+        false_negatives = self.false_negative_rate(indices, negatives)
+        if false_negatives is not None:
+            figures["false_negative_rate"] = false_negatives
+        return loss, figures
 
     def false_negative_rate(self, indices: Tensor, negatives: Tensor) -> Tensor | None:
         """Share of sampled negatives whose true class is the query's (known labels only)."""
@@ -310,12 +423,11 @@ class InterCLR(MoCo):
         # During the inter warm-up the intra branch alone carries full weight (as the original).
         loss = self.options.intra_weight * intra if self.inter_active else intra
         if self.inter_active:
-            inter, false_negatives = self.inter_contrast(queries, indices.repeat(self.directions))
+            inter, figures = self.inter_contrast(queries, indices.repeat(self.directions))
             inter = inter * self.directions
             loss = loss + self.options.inter_weight * inter
             outputs["loss_inter"] = inter.detach()
-            if false_negatives is not None:
-                outputs["false_negative_rate"] = false_negatives
+            outputs.update(figures)
         self.enqueue(keys)
         self._pending = (indices, keys[: len(indices)])  # the bank takes view 2's key (k2)
         outputs["loss"] = loss
@@ -335,7 +447,7 @@ class InterCLR(MoCo):
         indices, keys = self._pending
         self._pending = None
         indices, keys = gather_cat(indices), gather_cat(keys.float())
-        online = self.options.online_labels
+        online = self.relabels_online
         changed = self.memory.update(indices, keys, relabel=online)
         self.bank_steps += 1
         refilled = 0
@@ -349,3 +461,22 @@ class InterCLR(MoCo):
             "label_change_ratio": changed,
             "clusters_refilled": torch.tensor(float(refilled), device=changed.device),
         }
+
+
+def one_cluster_per_class(options: InterCLROptions, num_classes: int) -> None:
+    """The class-label controls cluster by class: `num_clusters` becomes the number of classes
+    (whatever was set; recorded as used). Unknown classes (0) leave it to the checkpoint's
+    recorded value or the data-size default, and `on_fit_start` checks it."""
+    if options.pseudo_labels != "kmeans" and num_classes > 0:
+        options.num_clusters = num_classes
+
+
+@torch.no_grad()
+def cosine_figures(query: Tensor, positives: Tensor, negatives: Tensor) -> dict[str, Tensor]:
+    """Mean cosine of the queries (B, D) to their positives (B, D) and to their negatives
+    (B, n, D), and the gap between them: how far apart the inter branch's pairs sit. Device
+    tensors, so a step reads nothing back to the host; bank rows are unit vectors."""
+    query = F.normalize(query.float(), dim=1)
+    positive = (query * positives).sum(dim=1).mean()
+    negative = torch.einsum("bd,bnd->bn", query, negatives).mean()
+    return {"positive_cosine": positive, "negative_cosine": negative, "pn_gap": positive - negative}

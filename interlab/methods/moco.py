@@ -68,7 +68,7 @@ class MoCo(Method):
         augment: AugmentConfig,
     ) -> None:
         super().__init__(setup, options, augment)
-        self.resolved_sizes = options.scaled_to(setup.num_samples)
+        self.resolved_sizes = self.scale_options(setup)
         keys_per_step = setup.batch_size * world_size() * (2 if options.symmetric else 1)
         if keys_per_step > options.queue_size:
             raise ValueError(
@@ -90,6 +90,11 @@ class MoCo(Method):
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    def scale_options(self, setup: MethodSetup) -> dict[str, Any]:
+        """Fill the options' sizes left as None from the run's data; returns the values used.
+        A subclass whose sizes need more of the run than N passes it on here."""
+        return self.options.scaled_to(setup.num_samples)
+
     @property
     def directions(self) -> int:
         """Query-key directions per step: 2 in the symmetric recipe (q1-k2 and q2-k1)."""
@@ -104,6 +109,10 @@ class MoCo(Method):
         return self.encoder
 
     def networks_to_compile(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.key_encoder]
+
+    def warm_start_encoders(self) -> list[torch.nn.Module]:
+        """The query encoder, then the key encoder: a warm start begins them equal."""
         return [self.encoder, self.key_encoder]
 
     @torch.no_grad()

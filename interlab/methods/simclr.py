@@ -47,6 +47,9 @@ class SimCLR(Method):
     def networks_to_compile(self) -> list[torch.nn.Module]:
         return [self.encoder]
 
+    def warm_start_encoders(self) -> list[torch.nn.Module]:
+        return [self.encoder]
+
     def forward(self, views: list[Tensor], indices: Tensor) -> dict[str, Tensor]:
         # both views in one encoder pass, BN over the 2N views, as SimCLR runs its batch
         z1, z2 = (gather_cat_with_grad(z) for z in self.encoder(torch.cat(views)).chunk(2))
