@@ -197,14 +197,12 @@ def run_figures(stdout: str, item: Item) -> dict[str, Any]:
 
 def study_record(part: Slice) -> dict[str, Any] | None:
     """The finished run's record for its study (merged into benchmarks/results/studies/)."""
-    import torch
-
     from interlab.lab.study import train_run_record
 
     assert part.study is not None
     study, arm, seed = part.study
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    return train_run_record(study, arm, seed, part.run_dir, device)
+    machine = environment()  # the device's name from nvidia-smi: no CUDA context here
+    return train_run_record(study, arm, seed, part.run_dir, machine["device"], machine["torch"])
 
 
 @dataclass(frozen=True)
@@ -1007,6 +1005,8 @@ def merge_study_records(source: Path, studies: Path = ROOT / "benchmarks/results
 
     by_study: dict[str, list[dict[str, Any]]] = {}
     for record in read_jsonl(source):
+        if record.get("status") != "ok":  # a slice that failed after its last epoch's line
+            continue
         study_record_ = record.get("figures", {}).get("study_record")
         if study_record_:
             by_study.setdefault(study_record_["study"], []).append(study_record_)
@@ -1061,6 +1061,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a running item is ended too
+    from interlab.lab.provenance import code_version
+
+    code_version()  # the code this call's runs start on (study records name it)
     records_path = Path(args.out) / RECORDS_NAME
     if args.merge:
         source = Path(args.merge)

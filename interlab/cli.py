@@ -382,7 +382,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     report = write_study_report(study)
     print(report.read_text())
     print(f"records: {study.records_path}\nreport: {report}")
-    return 0
+    return 1 if not args.report_only and failed else 0
 
 
 def run_report(args: argparse.Namespace) -> int:

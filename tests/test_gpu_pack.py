@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"device": "test-cpu", "torch": "test"}
@@ -418,7 +419,7 @@ def test_tables_show_commands_as_a_reader_reruns_them(pack):
     assert pack.shown_command("bash -c 'echo hi'") == "bash -c 'echo hi'"
 
 
-def test_a_finished_study_run_carries_its_record_and_merge_files_it(pack, tmp_path):
+def test_a_finished_study_run_carries_its_record_and_merge_files_it(pack, tmp_path, monkeypatch):
     """The last slice of a GPU study run reads the run folder into a study record; `--merge`
     appends it to benchmarks/results/studies/STUDY.jsonl once (a second merge adds nothing)."""
     items = pack.study_items("interclr_gpu", "npz:x.npz", runs=tmp_path)
@@ -431,6 +432,7 @@ def test_a_finished_study_run_carries_its_record_and_merge_files_it(pack, tmp_pa
         "method_options: {neg_sampling: hard}\n"
     )
     rows = [{"epoch": 1, "loss": 5.0}, {"epoch": 2, "loss": 4.0, "knn_top1": 0.61, "nmi": 0.3}]
+    monkeypatch.setattr(pack, "environment", lambda: {"device": "NVIDIA H200", "torch": "2.11.0"})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     part = pack.Slice(last.slice.run, run_dir, 0, 2, 2, last.slice.study)
     figures = pack.run_figures("", pack.Item(last.name, last.command, 1, "training", slice=part))
@@ -438,7 +440,29 @@ def test_a_finished_study_run_carries_its_record_and_merge_files_it(pack, tmp_pa
     assert (record["arm"], record["seed"], record["metrics"]) == ("hard", 2, {"knn_top1": 0.61})
     assert record["diagnostics"] == {"nmi": 0.3} and len(record["per_epoch"]) == 2
     source = tmp_path / "call.jsonl"
-    source.write_text(json.dumps({"item": last.name, "figures": figures}) + "\n")
+    assert record["precision"].startswith("cuda:") and record["torch"] == "2.11.0"
+    failed = {"item": last.name, "status": "failed", "figures": figures}
+    source.write_text(json.dumps(failed) + "\n")
     studies = tmp_path / "studies"
+    assert pack.merge_study_records(source, studies) == {}  # a failed slice files nothing
+    source.write_text(json.dumps({**failed, "status": "ok"}) + "\n")
     assert pack.merge_study_records(source, studies) == {"interclr_gpu": 1}
     assert pack.merge_study_records(source, studies) == {"interclr_gpu": 0}
+
+
+def test_the_gpu_study_runs_the_interclr_cifar10_recipe(pack):
+    """Each study run's `--set` pairs rebuild interclr_cifar10 (augmentation included), apart
+    from the head (the release's MLP), what the arm changes and the scaled sizes."""
+    from interlab.config import build_config, load_named_config
+
+    online = next(i for i in pack.study_items("interclr_gpu", "npz:x") if "online-seed0" in i.name)
+    sets = dict(online.command[i + 1].split("=", 1) for i, part in enumerate(online.command)
+                if part == "--set")  # fmt: skip
+    recipe = build_config(load_named_config("interclr_cifar10"))
+    study = build_config({"method": "interclr", **{k: yaml.safe_load(v) for k, v in sets.items()}})
+    assert study.augment_config(32) == recipe.augment_config(32)
+    for key in ("backbone", "cifar_stem", "lr", "weight_decay", "knn_k"):
+        assert getattr(study, key) == getattr(recipe, key), key
+    for key, value in recipe.method_options.items():
+        if key not in ("centroid_interval", "min_cluster"):
+            assert study.method_options.get(key, value) == value, key

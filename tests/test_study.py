@@ -38,7 +38,26 @@ def test_paired_difference_matches_scipys_paired_t_test_and_interval():
 
 def test_paired_difference_with_one_pair_has_no_interval():
     d = paired_difference({0: 0.5}, {0: 0.4, 1: 0.3})
-    assert d.n == 1 and math.isnan(d.low) and d.p == 1.0
+    assert d.n == 1 and math.isnan(d.low) and math.isnan(d.p)
+
+
+def test_differences_with_no_spread_are_untestable_not_resolved():
+    """kNN moves in steps of 1e-4 on 10,000 images: two seeds one image apart each must not
+    read as an effect with p = 0."""
+    d = paired_difference({0: 0.4123, 1: 0.5001}, {0: 0.4122, 1: 0.5000})
+    assert math.isnan(d.p) and d.n == 2
+    a = {s: 0.4 + 0.01 * s for s in range(5)}
+    (same,) = compare([record("a", s, v) for s, v in a.items()]
+                      + [record("b", s, v - 0.02) for s, v in a.items()], [("a", "b")], "knn_top1")  # fmt: skip
+    assert same.verdict == NOT_RESOLVED
+
+
+def test_a_diverged_run_is_left_out_not_counted_as_an_effect():
+    records = [record("a", s, 0.4 + 0.01 * s) for s in range(4)] + [record("a", 4, math.nan)]
+    records += [record("b", s, 0.4 + 0.01 * s + 0.001 * (-1) ** s) for s in range(5)]
+    (c,) = compare(records, [("a", "b")], "knn_top1")
+    assert c.difference.n == 4 and c.verdict == NOT_RESOLVED
+    assert holm([0.01, math.nan, 0.04])[0] == pytest.approx(0.02)  # nan is not one of the m
 
 
 def test_holm_adjusts_by_rank_and_stays_monotone():
@@ -99,7 +118,7 @@ def test_an_arm_is_read_at_its_newest_code_version_and_a_rerun_seed_replaces():
 
 def test_the_report_says_what_is_resolved_and_shows_diagnostics():
     records = [record("x", s, 0.5 + 0.01 * s, purity=0.3) for s in range(3)]
-    records += [record("y", s, 0.4 + 0.01 * s, purity=0.2) for s in range(3)]
+    records += [record("y", s, 0.4 + 0.01 * s + 0.001 * (s - 1), purity=0.2) for s in range(3)]
     families = {"main": [("x", "y")]}
     text = study_markdown("demo", "A demo.", records, ["y", "x"], families, ["knn_top1"])
     assert "1 of 1 resolved, 0 not resolved" in text
@@ -178,3 +197,78 @@ def test_splice_replaces_only_between_the_markers(tmp_path):
         "intro\n<!-- study:x:begin -->\nnew table\n<!-- study:x:end -->\noutro\n"
     )
     assert not splice_section(path, "study:y", "t")
+
+
+def test_findings_are_judged_from_the_verdicts_of_their_comparisons():
+    seeds = range(5)
+    records = [record("base", s, 0.40 + 0.01 * s) for s in seeds]
+    records += [record("better", s, 0.43 + 0.01 * s + 0.001 * (s % 2)) for s in seeds]
+    records += [record("worse", s, 0.37 + 0.01 * s + 0.001 * (s % 2)) for s in seeds]
+    records += [record("same", s, 0.40 + 0.01 * s + 0.002 * (-1) ** s) for s in seeds]
+    families = {"f": [("better", "base"), ("worse", "base"), ("same", "base")]}
+    findings = {
+        "better helps": [("better", "base")],
+        "worse helps": [("worse", "base")],
+        "same helps": [("same", "base")],
+        "both help": [("better", "base"), ("same", "base")],
+    }
+    text = study_markdown("demo", "", records, ["base"], families, ["knn_top1"], findings)
+    assert "- **better helps: reproduced.** better - base = +0.0304 [" in text
+    assert "- **worse helps: refuted.**" in text
+    assert "- **same helps: not resolved at this power.**" in text
+    assert "- **both help: partly reproduced.**" in text
+
+
+def test_a_finding_must_rest_on_a_comparison_the_study_makes(tmp_path):
+    with pytest.raises(ValueError, match="expects b > a, which no comparison makes"):
+        load_study(write_study(tmp_path, findings={"b helps": ["b > a"]}))
+
+
+def fake_study_runs(parameters: dict, run_dir: Path) -> int:
+    """Papermill's stand-in: writes the summary a train.ipynb run leaves, with a kNN that
+    depends on the arm (b scores 2 points under a, plus a small seed-dependent wobble)."""
+    seed, temperature = parameters["seed"], parameters["overrides"].get("temperature", 0.2)
+    arm_a = temperature == 0.2
+    knn = 0.40 + 0.01 * seed + (0.02 + 0.002 * (seed % 3) if arm_a else 0.0)
+    summary = {
+        "knn_top1": knn, "linear_top1": knn + 0.05, "final": {"epoch": 1, "nmi": 0.2},
+        "per_epoch": [{"epoch": 1, "knn_top1": knn, "nmi": 0.2}], "device": "cpu",
+        "epochs": 1, "wall_time_s": 1.0, "config": {"amp": None, "channels_last": True},
+        "code": {"version": "abc", "commit": "123"},
+    }  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(summary))
+    return 0
+
+
+def test_interlab_study_records_each_run_once_and_writes_the_verdicts(tmp_path, monkeypatch):
+    """The command end to end with papermill stood in for: 2 arms x 5 seeds run, 10 records
+    filed, a resolved verdict in the report and in RESULTS.md's section; a second call runs
+    nothing and files nothing."""
+    from interlab import cli
+    from interlab.lab import study as study_module
+    from interlab.lab.sweep import RunExecutor
+
+    monkeypatch.setattr(RunExecutor, "_papermill", staticmethod(fake_study_runs))
+    monkeypatch.setattr(study_module, "RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setattr(study_module, "RUNS_DIR", str(tmp_path / "runs"))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("<!-- study:tiny:begin -->\n<!-- study:tiny:end -->\n")
+    monkeypatch.setattr(study_module, "RESULTS_FILE", str(results))
+    path = write_study(tmp_path, seeds=[0, 1, 2, 3, 4], findings={"a helps": ["a > b"]})
+    assert cli.main(["study", str(path)]) == 0
+    records = read_records(tmp_path / "records" / "tiny.jsonl")
+    assert len(records) == 10 and {r["arm"] for r in records} == {"a", "b"}
+    assert records[0]["code_version"] == "abc" and records[0]["metrics"]["linear_top1"] > 0.4
+    report = (tmp_path / "records" / "tiny.md").read_text()
+    assert "resolved: a > b" in report and "- **a helps: reproduced.**" in report
+    assert "resolved: a > b" in results.read_text()
+    assert cli.main(["study", str(path)]) == 0
+    assert len(read_records(tmp_path / "records" / "tiny.jsonl")) == 10
+
+
+def test_interlab_study_refuses_an_unknown_arm_before_running(tmp_path, capsys):
+    from interlab import cli
+
+    assert cli.main(["study", str(write_study(tmp_path)), "--only", "c"]) != 0
+    assert "--only: no arm(s) ['c']; arms: a, b" in capsys.readouterr().err

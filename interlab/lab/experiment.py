@@ -15,7 +15,7 @@ from typing import Any
 
 from interlab.config import TrainConfig, build_config
 from interlab.data import DATASET_NAMES, DATASET_PREFIXES, load_dataset
-from interlab.devices import device_name, resolve_device
+from interlab.devices import device_name, resolve_device, run_precision
 from interlab.evaluate import evaluate_method
 from interlab.lab.provenance import code_version, git_commit
 from interlab.methods import METHOD_NAMES
@@ -90,6 +90,7 @@ def run_experiment(
     `processes` > 1 trains under torchrun, one DDP worker per GPU (a sweep point that owns
     a node); evaluation then runs here on the trained checkpoint."""
     check_processes(processes)
+    code = {"version": code_version(), "commit": git_commit()}  # what this run starts on
     start = time.perf_counter()
     if processes > 1:
         from interlab.lab.torchrun_training import train_under_torchrun
@@ -109,7 +110,7 @@ def run_experiment(
                 device=resolve_device(config.device),
             )
         )
-    return write_summary(out_dir, config, result, scores, time.perf_counter() - start)
+    return write_summary(out_dir, config, result, scores, time.perf_counter() - start, code)
 
 
 def check_processes(processes: Any) -> None:
@@ -128,6 +129,7 @@ def write_summary(
     result: TrainResult,
     scores: dict[str, float],
     wall_time_s: float,
+    code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`metrics.json` beside the executed notebook (what sweeps and reports read): the
     evaluation's scores, the final and per-epoch records, config and device. Returns it."""
@@ -141,7 +143,9 @@ def write_summary(
         "device": device_name(config.device),
         "wall_time_s": wall_time_s,
         "config": config.to_dict(),
-        "code": {"version": code_version(), "commit": git_commit()},
+        "code": code or {"version": code_version(), "commit": git_commit()},
+        "precision": run_precision(config, resolve_device(config.device)).describe(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path = Path(out_dir) / SUMMARY_NAME
     path.parent.mkdir(parents=True, exist_ok=True)

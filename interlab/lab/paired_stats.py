@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+MIN_SPREAD = 1e-9  # differences closer than this are treated as having no spread
 NOT_RESOLVED = "not resolved at this power"
 
 
@@ -48,18 +49,16 @@ def summarise_arm(values: list[float]) -> ArmSummary:
 def paired_difference(a: dict[int, float], b: dict[int, float]) -> PairedDifference:
     """Mean of a[s] - b[s] over the seeds in both, its 95% t interval and p-value.
 
-    Fewer than two pairs, or differences with no spread at all, give no interval (nan) and
-    p = 1 unless every difference is the same non-zero value (then p = 0)."""
-    seeds = sorted(set(a) & set(b))
+    Fewer than two pairs, or differences with no spread (every seed the same difference, as a
+    deterministic metric or a tie gives), cannot be tested: no interval and p = nan, so no
+    verdict. Non-finite values are left out."""
+    seeds = sorted(s for s in set(a) & set(b) if math.isfinite(a[s]) and math.isfinite(b[s]))
     differences = np.asarray([a[s] - b[s] for s in seeds], dtype=float)
     n = int(differences.size)
-    if n < 2:
-        mean = float(differences.mean()) if n else math.nan
-        return PairedDifference(mean, math.nan, math.nan, 1.0, n)
-    mean = float(differences.mean())
-    spread = float(differences.std(ddof=1))
-    if spread == 0.0:
-        return PairedDifference(mean, mean, mean, 0.0 if mean != 0 else 1.0, n)
+    mean = float(differences.mean()) if n else math.nan
+    spread = float(differences.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or spread <= MIN_SPREAD:  # untestable: no pairs, or no spread to scale by
+        return PairedDifference(mean, math.nan, math.nan, math.nan, n)
     half_width = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * spread / math.sqrt(n)
     t_value = mean / (spread / math.sqrt(n))
     p = float(2 * stats.t.sf(abs(t_value), n - 1))
@@ -67,19 +66,21 @@ def paired_difference(a: dict[int, float], b: dict[int, float]) -> PairedDiffere
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order (monotone, capped at 1)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted = [1.0] * len(p_values)
+    """Holm-Bonferroni adjusted p-values, in the input order (monotone, capped at 1). An
+    untestable comparison (p = nan) stays nan and does not count among the m tests."""
+    tested = [i for i, p in enumerate(p_values) if math.isfinite(p)]
+    order = sorted(tested, key=lambda i: p_values[i])
+    adjusted = [math.nan] * len(p_values)
     running = 0.0
     for rank, index in enumerate(order):
-        running = max(running, (len(p_values) - rank) * p_values[index])
+        running = max(running, (len(tested) - rank) * p_values[index])
         adjusted[index] = min(1.0, running)
     return adjusted
 
 
 def verdict(name_a: str, name_b: str, difference: PairedDifference, adjusted_p: float) -> str:
     """What the numbers resolve: a direction when the Holm-adjusted p is under 0.05."""
-    if difference.n < 2 or adjusted_p >= ALPHA:
+    if not math.isfinite(adjusted_p) or adjusted_p >= ALPHA:
         return NOT_RESOLVED
     sign = ">" if difference.mean > 0 else "<"
     return f"resolved: {name_a} {sign} {name_b}"

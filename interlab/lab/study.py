@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import yaml
 from interlab.lab.grids import GRID_KEYS, Sweep, sweep_from_spec
 from interlab.lab.paths import in_project
 
-STUDY_KEYS = ("comparisons", "metrics")
+STUDY_KEYS = ("comparisons", "metrics", "findings")
 STUDIES_DIR = "benchmarks/studies"
 RECORDS_DIR = "benchmarks/results/studies"
 RUNS_DIR = "benchmarks/scratch/studies"
@@ -56,6 +56,7 @@ class Study:
     comparisons: dict[str, list[tuple[str, str]]]  # family -> pairs; Holm within a family
     metrics: list[str]
     description: str = ""
+    findings: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # claim -> a > b
 
     @property
     def arms(self) -> list[str]:
@@ -111,8 +112,16 @@ def load_study(
         comparisons=parse_families(spec.get("comparisons") or []),
         metrics=list(spec.get("metrics") or DEFAULT_METRICS),
         description=str(spec.get("description", "")),
+        findings=parse_findings(spec.get("findings") or {}),
     )
-    for a, b in (pair for pairs in study.comparisons.values() for pair in pairs):
+    compared = {pair for pairs in study.comparisons.values() for pair in pairs}
+    for claim, pairs in study.findings.items():
+        for a, b in pairs:
+            if (a, b) not in compared:
+                raise ValueError(
+                    f"{path}: finding {claim!r} expects {a} > {b}, which no comparison makes"
+                )
+    for a, b in compared:
         for arm in (a, b):
             if arm not in study.arms:
                 raise ValueError(
@@ -141,6 +150,24 @@ def parse_families(spec: Any) -> dict[str, list[tuple[str, str]]]:
     return {str(name): [parse_comparison(c) for c in pairs] for name, pairs in families.items()}
 
 
+def parse_findings(spec: Any) -> dict[str, list[tuple[str, str]]]:
+    """claim -> the comparisons it predicts, each 'a > b' (the paper's direction)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"findings: a mapping claim -> ['a > b', ...]; got {spec!r}")
+    findings = {}
+    for claim, expected in spec.items():
+        if not isinstance(expected, list) or not expected:
+            raise ValueError(f"finding {claim!r}: give a non-empty list of 'a > b'")
+        pairs = []
+        for text in expected:
+            parts = str(text).split(" > ")
+            if len(parts) != 2:
+                raise ValueError(f"finding {claim!r}: each expectation is 'a > b'; got {text!r}")
+            pairs.append((parts[0].strip(), parts[1].strip()))
+        findings[str(claim)] = pairs
+    return findings
+
+
 def parse_comparison(text: Any) -> tuple[str, str]:
     """'a vs b' or [a, b] -> (a, b)."""
     parts = text.split(" vs ") if isinstance(text, str) else text
@@ -152,15 +179,31 @@ def parse_comparison(text: Any) -> tuple[str, str]:
 # ---- records -----------------------------------------------------------------------------
 def config_hash(config: dict[str, Any]) -> str:
     """12 hex digits identifying what a run computes: its config without the run's folder,
-    seed, device or logging cadence (every seed of one arm shares it)."""
+    seed, device or logging cadence (every seed of one arm shares it); a warm start's
+    checkpoint counts by its path inside the project, so two checkouts agree."""
     kept = {k: v for k, v in config.items() if k not in UNHASHED_KEYS}
+    if isinstance(kept.get("init_from"), str):
+        kept["init_from"] = project_relative(kept["init_from"])
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def project_relative(path: str) -> str:
+    root = in_project(".").resolve()
+    resolved = Path(path).resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else path
+
+
+def file_digest(path: str | None) -> str | None:
+    """12 hex digits of a file's SHA-256 (a warm start's checkpoint), None when absent."""
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def precision_of(config: dict[str, Any], device: str) -> str:
     """The numeric setting a run trained under: device kind and the precision switches."""
-    kind = "cuda" if "cuda" in device.lower() or "nvidia" in device.lower() else "cpu"
+    kind = "cpu" if device.lower().startswith("cpu") else "cuda"
     switches = ",".join(f"{k}={config.get(k)}" for k in PRECISION_KEYS if k in config)
     return f"{kind}:{switches}"
 
@@ -185,10 +228,13 @@ def run_record(study: str, arm: str, seed: int, run_dir: Path) -> dict[str, Any]
         "config_hash": config_hash(config),
         "code_version": code.get("version"),
         "commit": code.get("commit"),
-        "precision": precision_of(config, str(summary.get("device", ""))),
+        "precision": summary.get("precision")
+        or precision_of(config, str(summary.get("device", ""))),
         "device": summary.get("device"),
         "torch": torch.__version__.split("+")[0],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(summary_path.stat().st_mtime)),
+        "date": summary.get("finished")
+        or time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(summary_path.stat().st_mtime)),
+        "init_from": file_digest(config.get("init_from")),
         "epochs": summary.get("epochs"),
         "wall_time_s": summary.get("wall_time_s"),
         "metrics": {k: v for k, v in metrics.items() if v is not None},
@@ -200,13 +246,12 @@ def run_record(study: str, arm: str, seed: int, run_dir: Path) -> dict[str, Any]
 
 
 def train_run_record(
-    study: str, arm: str, seed: int, run_dir: Path, device: str
+    study: str, arm: str, seed: int, run_dir: Path, device: str, torch_version: str
 ) -> dict[str, Any] | None:
     """The record of a finished `interlab train` folder (config.yaml + metrics.jsonl, no
     notebook summary: the GPU pack's runs), or None while it has not reached its last epoch.
-    No linear probe is run there: the record has the kNN metrics only."""
-    import torch
-
+    No linear probe is run there: the record has the kNN metrics only. Reads no torch, so
+    the pack that calls it holds no CUDA context."""
     from interlab.lab.provenance import code_version, git_commit
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -227,7 +272,7 @@ def train_run_record(
         "commit": git_commit(),
         "precision": precision_of(flat, device),
         "device": device,
-        "torch": torch.__version__.split("+")[0],
+        "torch": torch_version.split("+")[0],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "epochs": config["epochs"],
         "wall_time_s": round(sum(r.get("epoch_time_s", 0.0) for r in per_epoch), 1),
@@ -298,6 +343,7 @@ def write_study_report(study: Study) -> Path:
         study.arms,
         study.comparisons,
         study.metrics,
+        study.findings,
     )
     records = read_records(study.records_path)
     curves = plot_study_curves(records, study.report_path.with_suffix(".png"))

@@ -23,7 +23,10 @@ from interlab.lab.paired_stats import (
     verdict,
 )
 
-DIAGNOSTICS_SHOWN = ("purity", "nmi", "label_change_ratio", "pn_gap", "false_negative_rate")
+DIAGNOSTICS_SHOWN = (
+    "purity", "nmi", "label_change_ratio", "pn_gap", "false_negative_rate", "fnr_hard",
+    "fnr_semihard", "fnr_random",
+)  # fmt: skip
 
 
 @dataclass
@@ -38,23 +41,30 @@ class Comparison:
 
 
 def current_records(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Per arm, its records on the arm's newest code version and precision (the last
-    written wins for a repeated seed); older records stay in the file as history."""
+    """Per arm, its records on the arm's newest code version, precision and config (the
+    latest wins for a repeated seed); older records stay in the file as history."""
     by_arm: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         by_arm[record["arm"]].append(record)
     current = {}
     for arm, rows in by_arm.items():
-        newest = (rows[-1]["code_version"], rows[-1]["precision"])
-        per_seed = {r["seed"]: r for r in rows if (r["code_version"], r["precision"]) == newest}
+        rows = sorted(rows, key=lambda r: r["date"])  # merged files need not be in date order
+        newest = version_of(rows[-1])
+        per_seed = {r["seed"]: r for r in rows if version_of(r) == newest}
         current[arm] = [per_seed[s] for s in sorted(per_seed)]
     return current
 
 
+def version_of(record: dict[str, Any]) -> tuple:
+    """What must agree for records to be pooled or compared: the code, the precision and,
+    within an arm, the config (an arm whose settings were edited starts afresh)."""
+    return record["code_version"], record["precision"], record.get("config_hash")
+
+
 def values_by_seed(rows: list[dict[str, Any]], metric: str) -> dict[int, float]:
-    return {
-        r["seed"]: float(r["metrics"][metric]) for r in rows if r["metrics"].get(metric) is not None
-    }
+    """seed -> the metric, finite values only (a diverged run's nan says nothing)."""
+    values = {r["seed"]: r["metrics"].get(metric) for r in rows}
+    return {s: float(v) for s, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
 def compare(
@@ -85,10 +95,18 @@ def refusal(a: str, rows_a: list[dict], b: str, rows_b: list[dict]) -> str:
     if not rows_a or not rows_b:
         missing = [name for name, rows in ((a, rows_a), (b, rows_b)) if not rows]
         return f"no records for {', '.join(missing)}"
-    for field, label in (("code_version", "code versions"), ("precision", "precision settings")):
+    fields = (("code_version", "code versions"), ("precision", "precision settings"))
+    for field, label in fields:
         if rows_a[0][field] != rows_b[0][field]:
             return f"different {label}: {rows_a[0][field]} vs {rows_b[0][field]}"
+    torches = {a: minor(rows_a[0]["torch"]), b: minor(rows_b[0]["torch"])}
+    if torches[a] != torches[b]:
+        return f"different torch versions: {torches[a]} vs {torches[b]}"
     return ""
+
+
+def minor(version: str) -> str:
+    return ".".join(str(version).split(".")[:2])
 
 
 # ---- markdown ----------------------------------------------------------------------------
@@ -132,6 +150,11 @@ def comparison_table(comparisons: list[Comparison]) -> str:
             lines.append(f"| {name} | - | - | - | - | - | refused: {c.refused} |")
             continue
         d = c.difference
+        if not math.isfinite(d.p):
+            lines.append(
+                f"| {name} | {d.n} | {fmt(d.mean, 4)} | - | - | - | {c.verdict} (untestable) |"
+            )
+            continue
         lines.append(
             f"| {name} | {d.n} | {d.mean:+.4f} | [{fmt(d.low, 4)}, {fmt(d.high, 4)}] | "
             f"{fmt(d.p)} | {fmt(c.adjusted_p)} | {c.verdict} |"
@@ -161,6 +184,7 @@ def study_markdown(
     arm_order: list[str],
     families: dict[str, list[tuple[str, str]]],
     metrics: list[str],
+    findings: dict[str, list[tuple[str, str]]] | None = None,
 ) -> str:
     """The study's report: provenance, the arm table, then per family of comparisons the
     paired differences and their verdicts (Holm within the family)."""
@@ -177,13 +201,46 @@ def study_markdown(
         arm_table(records, arm_order, metrics),
         "",
     ]
+    computed: dict[tuple[str, str], Comparison] = {}
     for family, pairs in families.items():
         if not pairs:
             continue
         comparisons = compare(records, pairs, metrics[0])
+        computed.update({(c.a, c.b): c for c in comparisons})
         parts += [f"**{family}** ({family_summary(comparisons, metrics[0])}):", ""]
         parts += [comparison_table(comparisons), ""]
+    if findings:
+        parts += [f"The paper's findings at this scale ({metrics[0]}):", ""]
+        parts += [
+            finding_line(claim, [computed[p] for p in pairs]) for claim, pairs in findings.items()
+        ]
+        parts.append("")
     return "\n".join(parts)
+
+
+def finding_line(claim: str, comparisons: list[Comparison]) -> str:
+    """'reproduced' when every predicted direction is resolved, 'refuted' when any is resolved
+    the other way, 'partly reproduced' when some are resolved as predicted and none against,
+    else 'not resolved at this power'; each comparison's interval follows."""
+    agree = [c for c in comparisons if c.verdict == f"resolved: {c.a} > {c.b}"]
+    against = [c for c in comparisons if c.verdict == f"resolved: {c.a} < {c.b}"]
+    if any(c.refused for c in comparisons):
+        word = "not judged (a comparison was refused)"
+    elif against:
+        word = "refuted"
+    elif len(agree) == len(comparisons):
+        word = "reproduced"
+    elif agree:
+        word = "partly reproduced"
+    else:
+        word = NOT_RESOLVED
+    evidence = "; ".join(
+        f"{c.a} - {c.b} = {c.difference.mean:+.4f} [{fmt(c.difference.low, 4)}, "
+        f"{fmt(c.difference.high, 4)}]"
+        for c in comparisons
+        if c.difference is not None
+    )
+    return f"- **{claim}: {word}.** {evidence or 'no paired runs yet'}"
 
 
 def family_summary(comparisons: list[Comparison], metric: str) -> str:
