@@ -11,7 +11,7 @@ prototypes (as built), and what depends on the dataset's size (InterCLR's bank a
 its gathered negatives), computed for the real N. Time divides FLOPs by the rate a bare
 ResNet-18 (CIFAR stem) step reached on an H100 (peers.md, 2026-11-22: 59.5k views/s fwd+bwd
 with bf16 and channels_last, eager), counted with the same counter. Every figure here is an
-estimate: no cuDNN workspaces or allocator slack. A lent GPU measures the real ones:
+estimate: no cuDNN workspaces or allocator slack. A GPU machine measures the real ones:
 `--measure cuda` times each config's step at its own batch and reads the peak memory
 allocated (an item of the GPU pack).
 """
@@ -201,7 +201,7 @@ def measured_step(name: str, root: Path, device: str, steps: int = 5, **override
 
 
 def measure(configs: list[str], device: str) -> None:
-    """`--measure DEVICE`: every config's real step (the GPU pack runs this on a lent GPU)."""
+    """`--measure DEVICE`: every config's real step (the GPU pack runs this on a GPU machine)."""
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in configs:

@@ -3,14 +3,14 @@
     PYTHONPATH=. python3 benchmarks/gpu_pack.py --budget-s 540 --out benchmarks/results \
         --data npz:.gpudata/cifar10.npz [--copy-dir DIR]
     python benchmarks/gpu_pack.py --list                    # the queue and its estimates
-    python benchmarks/gpu_pack.py --merge DIR/gpu.jsonl     # a call's records (and logs) into OUT
-    python benchmarks/gpu_pack.py --tables                  # RESULTS.md tables from OUT/gpu.jsonl
+    python benchmarks/gpu_pack.py --merge DIR/gpu.jsonl     # a call's records (and logs) into RESULTS_DIR
+    python benchmarks/gpu_pack.py --tables                  # RESULTS.md tables from RESULTS_DIR/gpu.jsonl
 
 GPU time comes as single commands of about ten minutes on a fresh machine, so the queue runs
-the most valuable measurement first and writes each finished item at once to OUT/gpu.jsonl
+the most valuable measurement first and writes each finished item at once to RESULTS_DIR/gpu.jsonl
 and to COPY_DIR/gpu.jsonl (`--copy-dir`, default $GPU_PACK_COPY_DIR): a folder that the
 machine hands back even when the command is cut off. Every item's whole output (stdout and
-stderr as they come) goes to one log file per call, OUT/logs/gpu_pack_STAMP.log and
+stderr as they come) goes to one log file per call, RESULTS_DIR/logs/gpu_pack_STAMP.log and
 COPY_DIR/gpu_pack_STAMP.log, under a header per item; each record names it. Items recorded as
 ok are skipped, so the next call continues where this one stopped. An item is not started
 when its estimate or an earlier attempt's duration says it will not fit the budget left; each
@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# `python3` on the lent machine is the interpreter running the pack; locally (tests) it is the venv's.
+# `python3` on the GPU machine is the interpreter running the pack; locally (tests) it is the venv's.
 PYTHON = sys.executable or "python3"
 RECORDS_NAME = "gpu.jsonl"
-LOGS_DIR = "logs"  # OUT/logs/: one log file per call, beside the records
+LOGS_DIR = "logs"  # RESULTS_DIR/logs/: one log file per call, beside the records
 COPY_DIR_VARIABLE = "GPU_PACK_COPY_DIR"
 # Characters of one item's output a log keeps: its start and its end, the middle of a larger
 # output is cut. Once a call's log holds CALL_LOG_CHARS, later items keep MIN_ITEM_LOG_CHARS.
@@ -311,7 +311,7 @@ def tail(stdout: str, stderr: str) -> str:
 
 class CallLog:
     """One log file per call holding every item's whole output under a header, written as
-    it comes to each of `paths` (OUT/logs/NAME and COPY_DIR/NAME): a call cut off by its
+    it comes to each of `paths` (RESULTS_DIR/logs/NAME and COPY_DIR/NAME): a call cut off by its
     limit still hands back what its items printed. Opened at the first item that runs."""
 
     def __init__(self, paths: list[Path]) -> None:
@@ -489,13 +489,13 @@ def append(record: Record, paths: list[Path]) -> None:
 
 
 def default_copy_dir() -> str | None:
-    """$GPU_PACK_COPY_DIR, else $OUT (the name some GPU job runners give the folder they
-    hand back): where each record and the call's log are also written."""
-    return os.environ.get(COPY_DIR_VARIABLE) or os.environ.get("OUT") or None
+    """$GPU_PACK_COPY_DIR: where each record and the call's log are also written (a folder
+    the GPU machine hands back)."""
+    return os.environ.get(COPY_DIR_VARIABLE) or None
 
 
 def call_log(out_dir: Path, copy_dir: Path | None) -> CallLog:
-    """This call's log: OUT/logs/gpu_pack_STAMP.log and, when there is one, COPY_DIR/ the
+    """This call's log: RESULTS_DIR/logs/gpu_pack_STAMP.log and, when there is one, COPY_DIR/ the
     same name (one file per call there: such folders return a few files at most)."""
     name = f"gpu_pack_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.log"
     paths = [out_dir / LOGS_DIR / name]
@@ -560,7 +560,7 @@ def run_pack(
 ) -> list[Record]:
     """Run `items` in order within `budget_s` seconds; returns this call's records.
 
-    Every record goes at once to OUT_DIR/gpu.jsonl and to COPY_DIR/gpu.jsonl (default:
+    Every record goes at once to RESULTS_DIR/gpu.jsonl and to COPY_DIR/gpu.jsonl (default:
     `default_copy_dir()`), every item's output to the call's log in both. Items already ok
     there are skipped; an item that does not fit the budget left is recorded as refused and a
     later, smaller one may still run.
@@ -651,14 +651,7 @@ def training_items(
     command += ["--out", str(shown)]
     for assignment in sets:
         command += ["--set", assignment]
-    items = []
-    for start in range(0, epochs, slice_epochs):
-        stop = min(start + slice_epochs, epochs)
-        name = run if slice_epochs >= epochs else f"{run}@{stop}"
-        part = Slice(run, run_dir, start, stop, epochs)
-        estimate = slice_estimate(config, stop - start)
-        items.append(Item(name, command, estimate, "training", run_figures, goals or {}, part))
-    return items
+    return sliced(run, run_dir, command, epochs, config, goals=goals, slice_epochs=slice_epochs)
 
 
 def study_items(study: str, data: str, runs: Path = RUNS) -> list[Item]:
@@ -675,22 +668,10 @@ def study_items(study: str, data: str, runs: Path = RUNS) -> list[Item]:
     for seed in spec["seeds"]:
         for arm in spec["runs"]:
             overrides = {**base.get("overrides", {}), **arm.get("overrides", {})}
-            command = [
-                PYTHON,
-                "-m",
-                "interlab",
-                "train",
-                "--method",
-                arm.get("method", base["method"]),
-            ]
-            command += ["--data", data, "--epochs", str(base["epochs"]), "--seed", str(seed)]
-            command += [
-                "--batch-size",
-                str(base["batch_size"]),
-                "--device",
-                "cuda",
-                "--no-progress",
-            ]
+            method = arm.get("method", base["method"])
+            command = [PYTHON, "-m", "interlab", "train", "--method", method, "--data", data]
+            command += ["--epochs", str(base["epochs"]), "--seed", str(seed), "--device", "cuda"]
+            command += ["--batch-size", str(base["batch_size"]), "--no-progress"]
             run = f"{study}/{arm['name']}-seed{seed}"
             run_dir = runs / run
             shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
@@ -700,20 +681,31 @@ def study_items(study: str, data: str, runs: Path = RUNS) -> list[Item]:
                     "--set",
                     f"{key}={value if isinstance(value, str) else json.dumps(value)}",
                 ]
-            items += sliced(run, run_dir, command, base["epochs"], (study, arm["name"], seed))
+            items += sliced(
+                run, run_dir, command, base["epochs"], method, (study, arm["name"], seed)
+            )
     return items
 
 
 def sliced(
-    run: str, run_dir: Path, command: list[str], epochs: int, study: tuple[str, str, int]
+    run: str,
+    run_dir: Path,
+    command: list[str],
+    epochs: int,
+    method: str,
+    study: tuple[str, str, int] | None = None,
+    goals: dict[str, str] | None = None,
+    slice_epochs: int = SLICE_EPOCHS,
 ) -> list[Item]:
+    """One training run as items of `slice_epochs` epochs each, resuming its folder;
+    `method` (or a config named after it) picks the per-epoch estimate."""
     items = []
-    for start in range(0, epochs, SLICE_EPOCHS):
-        stop = min(start + SLICE_EPOCHS, epochs)
-        name = run if epochs <= SLICE_EPOCHS else f"{run}@{stop}"
+    for start in range(0, epochs, slice_epochs):
+        stop = min(start + slice_epochs, epochs)
+        name = run if slice_epochs >= epochs else f"{run}@{stop}"
         part = Slice(run, run_dir, start, stop, epochs, study)
-        estimate = slice_estimate("interclr", stop - start)
-        items.append(Item(name, command, estimate, "training", run_figures, {}, part))
+        estimate = slice_estimate(method, stop - start)
+        items.append(Item(name, command, estimate, "training", run_figures, goals or {}, part))
     return items
 
 
@@ -1056,7 +1048,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--list", action="store_true", help="print the queue and exit")
     parser.add_argument("--tables", action="store_true", help="rewrite RESULTS.md's GPU tables")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    parser.add_argument("--merge", metavar="JSONL", help="append a call's records to OUT")
+    parser.add_argument(
+        "--merge", metavar="JSONL", help="append a call's records to RESULTS_DIR (--out)"
+    )
     args = parser.parse_args(argv)
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")

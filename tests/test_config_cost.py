@@ -1,4 +1,4 @@
-"""The ImageNet-config cost script's measuring path, on the CPU (a lent GPU runs it with
+"""The ImageNet-config cost script's measuring path, on the CPU (a GPU machine runs it with
 `--measure cuda` from the GPU pack): a real step of a named config, timed, with the run's
 hours derived from it."""
 

@@ -1,4 +1,4 @@
-"""GPU checks (`make test-gpu`, marker `gpu`): the first thing to run on a lent GPU.
+"""GPU checks (`make test-gpu`, marker `gpu`): the first thing to run on a GPU machine.
 
 Skipped without CUDA. Every CUDA-only path runs here once: training under bf16 autocast,
 channels_last and torch.compile for every method; resume with CUDA generators and RNG state;

@@ -336,16 +336,16 @@ def write_study_report(study: Study) -> Path:
     from interlab.lab.study_plots import plot_study_curves
     from interlab.lab.study_report import study_markdown
 
+    records = read_records(study.records_path)
     text = study_markdown(
         study.name,
         study.description,
-        read_records(study.records_path),
+        records,
         study.arms,
         study.comparisons,
         study.metrics,
         study.findings,
     )
-    records = read_records(study.records_path)
     curves = plot_study_curves(records, study.report_path.with_suffix(".png"))
     if curves is not None:
         text += f"\nPer-epoch curves (mean over seeds): `{RECORDS_DIR}/{curves.name}`.\n"
